@@ -1,0 +1,172 @@
+"""Wire protocol v1: round trips and strict rejections, no sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from endostream import wire
+from endostream.types import Frame
+from endostream.wire import (HEADER_SIZE, Ack, EndOfStream, FrameMessage, Header, Heartbeat,
+                             WireError, decode_message, encode_ack, encode_end_of_stream,
+                             encode_frame, encode_heartbeat, pack_header, unpack_header)
+
+
+def _frame(h=48, w=64, seq=7, c=3, stream_id=3) -> Frame:
+    rng = np.random.default_rng(seq)
+    shape = (h, w, c) if c == 3 else (h, w)
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    return Frame(stream_id=stream_id, seq=seq, t_capture_ns=123456789, image=img,
+                 modality="laparoscopy", stamps_ns={"grab": 111, "not_a_stage": 5})
+
+
+def _bytes(parts) -> list[bytes]:
+    return [bytes(p) for p in parts]
+
+
+def test_header_is_128_bytes_little_endian():
+    assert HEADER_SIZE == 128
+    raw = pack_header(Header("ack", stream_id=1, epoch=2, seq=258))
+    assert raw[:2] == b"ES" and raw[2] == 1 and raw[3] == wire.KINDS["ack"]
+    assert struct.unpack_from("<Q", raw, 16)[0] == 258
+
+
+def test_raw_round_trip_is_exact_and_zero_copy():
+    f = _frame()
+    parts = encode_frame(f, epoch=99)
+    assert isinstance(parts[1], memoryview)  # zero-copy payload
+    msg = decode_message(_bytes(parts), received_ns=5)
+    assert isinstance(msg, FrameMessage)
+    assert msg.epoch == 99 and msg.codec == "raw" and msg.seq == 7 and msg.stream_id == 3
+    g = msg.frame
+    np.testing.assert_array_equal(g.image, f.image)
+    assert g.t_capture_ns == 123456789 and g.modality == "laparoscopy"
+    assert g.stamps_ns["grab"] == 111 and "encode" in g.stamps_ns and "not_a_stage" not in g.stamps_ns
+    assert g.stamps_ns["receive"] == 5 and "decode" in g.stamps_ns
+
+
+def test_jpeg_round_trip_is_close():
+    f = _frame(h=120, w=160)
+    f.image[:] = cv2.GaussianBlur(f.image, (31, 31), 0)  # smooth: JPEG-friendly
+    msg = decode_message(_bytes(encode_frame(f, codec="jpeg", jpeg_quality=95)))
+    assert msg.codec == "jpeg" and msg.frame.image.shape == (120, 160, 3)
+    assert np.abs(msg.frame.image.astype(int) - f.image).mean() < 4
+
+
+def test_gray_and_mask_round_trip():
+    f = _frame(c=1)
+    f.gt_mask = (f.image > 128).astype(np.uint8) * 255
+    parts = encode_frame(f, send_mask=True)
+    assert len(parts) == 3
+    msg = decode_message(_bytes(parts))
+    assert msg.frame.image.shape == (48, 64, 3)  # consumers always get BGR
+    np.testing.assert_array_equal(msg.frame.image[..., 0], f.image)
+    np.testing.assert_array_equal(msg.frame.gt_mask, f.gt_mask)
+
+
+def test_rgb8_from_an_independent_client_arrives_as_bgr():
+    img = np.zeros((4, 5, 3), np.uint8)
+    img[..., 0] = 255  # red in RGB order
+    hdr = pack_header(Header("frame", 0, 1, 0, 0, 0, 5, 4, 3, "rgb8", "raw", "other",
+                             payload_len=img.nbytes))
+    msg = decode_message([hdr, img.tobytes()])
+    assert (msg.frame.image[..., 2] == 255).all() and (msg.frame.image[..., 0] == 0).all()
+
+
+def test_control_messages_round_trip():
+    assert decode_message(encode_end_of_stream(4, 5, 10)) == EndOfStream(4, 5, 10, 10)
+    assert decode_message(encode_ack(4, 5, 9)) == Ack(4, 5, 9)
+    hb = decode_message(encode_heartbeat(4, 5))
+    assert isinstance(hb, Heartbeat) and hb.stream_id == 4 and hb.t_ns > 0
+
+
+def test_with_stamp_appends_a_stage():
+    parts = encode_frame(_frame())
+    hdr = wire.with_stamp(parts[0], "send", 42)
+    assert dict(unpack_header(hdr).stamps_ns)["send"] == 42
+
+
+def _good() -> list[bytes]:
+    return _bytes(encode_frame(_frame()))
+
+
+def _patch(raw: bytes, offset: int, fmt: str, value) -> bytes:
+    b = bytearray(raw)
+    struct.pack_into(fmt, b, offset, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda p: p[:1], "parts"),
+    (lambda p: p + [b"", b""], "parts"),
+    (lambda p: [p[0][:100], p[1]], "header is 100 bytes"),
+    (lambda p: [b"XX" + p[0][2:], p[1]], "magic"),
+    (lambda p: [_patch(p[0], 2, "<B", 2), p[1]], "version"),
+    (lambda p: [_patch(p[0], 3, "<B", 9), p[1]], "kind"),
+    (lambda p: [_patch(p[0], 47, "<B", 7), p[1]], "codec"),
+    (lambda p: [_patch(p[0], 46, "<B", 7), p[1]], "pixel format"),
+    (lambda p: [p[0], p[1][:-1]], "payload is"),
+    (lambda p: [_patch(_patch(p[0], 40, "<H", 9000), 52, "<I", len(p[1])), p[1]], "outside"),
+    (lambda p: [_patch(p[0], 40, "<H", 65), p[1]], "raw payload"),
+    (lambda p: [_patch(p[0], 44, "<H", 1), p[1]], "channels"),
+    (lambda p: [_patch(p[0], 49, "<B", 9), p[1]], "stamp count"),
+    (lambda p: [_patch(p[0], 50, "<H", 4), p[1]], "flag"),
+    (lambda p: [_patch(p[0], 24, "<Q", 10**6), p[1]], "window_start"),
+    (lambda p: [p[0], p[1], b"x"], "mask flag"),
+    (lambda p: [p[0], 12345], "part of type"),
+])
+def test_rejects_malformed(mutate, words):
+    with pytest.raises(WireError, match=words) as info:
+        decode_message(mutate(_good()))
+    assert "\n" not in str(info.value)
+
+
+def test_dimension_limit_is_configurable():
+    with pytest.raises(WireError, match="outside"):
+        decode_message(_good(), max_width=32)
+
+
+def test_control_message_with_payload_is_rejected():
+    hdr, _ = encode_ack(1, 1, 1)
+    with pytest.raises(WireError):
+        decode_message([_patch(hdr, 52, "<I", 3), b"abc"])
+
+
+def _jpeg_parts(h=32, w=32) -> list[bytes]:
+    return _bytes(encode_frame(_frame(h=h, w=w), codec="jpeg"))
+
+
+def test_rejects_bad_jpeg():
+    hdr, payload = _jpeg_parts()
+    garbage = b"\x00" * len(payload)
+    with pytest.raises(WireError, match="JPEG"):
+        decode_message([hdr, garbage])
+    truncated = payload[: len(payload) // 3]
+    with pytest.raises(WireError, match="JPEG"):
+        decode_message([_patch(hdr, 52, "<I", len(truncated)), truncated])
+
+
+def test_rejects_jpeg_whose_size_differs_from_header():
+    hdr, payload = _jpeg_parts()
+    lie = _patch(_patch(hdr, 40, "<H", 64), 42, "<H", 64)
+    with pytest.raises(WireError, match="JPEG is 32x32"):
+        decode_message([lie, payload])
+
+
+def test_never_unpickles():
+    import pickle
+
+    with pytest.raises(WireError):
+        decode_message([pickle.dumps({"a": 1}), b""])
+
+
+def test_encode_rejects_bad_images_and_codecs():
+    f = _frame()
+    f.image = f.image.astype(np.float32)
+    with pytest.raises(WireError):
+        encode_frame(f)
+    with pytest.raises(WireError, match="codec"):
+        encode_frame(_frame(), codec="png")
