@@ -1,0 +1,363 @@
+"""Sinks: where overlays and masks go. Every sink has ``write(frame, overlay_bgr, prediction)``
+and ``close()``; a sink that fails raises :class:`SinkError` and :class:`GuardedSink` keeps
+the live overlay running without it.
+
+- :class:`VideoSink`   H.264 MP4 (PyAV, libx264 ultrafast/zerolatency), fragmented so a crash
+                       or SIGKILL still leaves a playable file up to the last fragment;
+- :class:`MaskSink`    one PNG per frame, ``s{stream}_{seq:08d}.png``, written atomically;
+- :class:`ZmqRepublishSink` the overlay as JPEG over ZeroMQ PUB, in wire protocol v1;
+- :class:`WindowSink`  ``cv2.imshow`` when OpenCV has a GUI (``opencv-python-headless`` has none);
+- :class:`ViewerSink`  the browser viewer (:mod:`endostream.viewer`).
+
+Sink configs (``configs/sink/*.yaml``) each hold one named ``_target_`` entry; build the chosen
+ones with :func:`make_sinks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from endostream.types import Frame, Prediction
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(RuntimeError):
+    """A sink cannot write (disk full, unwritable folder, closed socket...); one-line message."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Anything that takes shown frames. ``overlay_bgr``: HxWx3 uint8 BGR."""
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The OS / FFmpeg reason in one line ("No space left on device")."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- video
+
+
+class VideoSink:
+    """Overlay video as H.264 in fragmented MP4.
+
+    Fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``) writes the index up front
+    and one self-contained fragment per keyframe, so a killed process leaves a file that plays
+    up to its last complete fragment; ``keyframe_interval`` (frames) bounds what a crash loses.
+    Odd frame sizes are padded to even (yuv420p needs it); frames of another size than the
+    first are resized to it.
+
+    Args:
+        path: output ``.mp4``; its folder is created.
+        fps: nominal frame rate written in the file (frames are timed by count, not clock).
+        crf: x264 quality, 0 (lossless) .. 51; 23 is x264's default.
+        keyframe_interval: frames between keyframes = fragment length.
+        threads: x264 threads; 0 lets x264 choose.
+    """
+
+    def __init__(self, path: str, *, fps: float = 25.0, crf: int = 23, keyframe_interval: int = 25,
+                 preset: str = "ultrafast", threads: int = 0) -> None:
+        self.path, self.fps, self.crf = str(path), float(fps), int(crf)
+        self.keyframe_interval, self.preset, self.threads = int(keyframe_interval), preset, int(threads)
+        self.frames_written = 0
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None  # (width, height) as written, even
+
+    def _open(self, width: int, height: int) -> None:
+        import av
+
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(self.path, "w", format="mp4", options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "flush_packets": "1",  # push each fragment to the OS at once, not at buffer-full
+            })
+            stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height = width + width % 2, height + height % 2
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.thread_count = self.threads
+            stream.codec_context.options = {
+                "preset": self.preset, "tune": "zerolatency", "crf": str(self.crf),
+                "g": str(self.keyframe_interval), "keyint_min": str(self.keyframe_interval),
+                "sc_threshold": "0",  # keyframes on schedule only, so fragments have a fixed length
+            }
+        except (OSError, av.FFmpegError) as exc:
+            self._container = None
+            raise SinkError(f"video sink: cannot create {self.path}: {_os_reason(exc)}") from None
+        self._stream = stream
+        self._size = (stream.width, stream.height)
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        """Encode one overlay (HxWx3 uint8 BGR) as the next video frame."""
+        import av
+
+        h, w = overlay_bgr.shape[:2]
+        if self._container is None:
+            if self.frames_written:
+                raise SinkError(f"video sink: {self.path} is closed")
+            self._open(w, h)
+        tw, th = self._size
+        img = overlay_bgr
+        if (w + w % 2, h + h % 2) != (tw, th):
+            img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
+        elif (w, h) != (tw, th):
+            img = cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_REPLICATE)
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+        vf.pts = self.frames_written
+        try:
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+        except (OSError, av.FFmpegError) as exc:
+            raise SinkError(f"video sink: cannot write {self.path}: {_os_reason(exc)}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file; safe to call twice."""
+        import av
+
+        if self._container is None:
+            return
+        container, self._container = self._container, None
+        try:
+            for packet in self._stream.encode():
+                container.mux(packet)
+            container.close()
+        except (OSError, av.FFmpegError) as exc:
+            raise SinkError(f"video sink: cannot finish {self.path}: {_os_reason(exc)}") from None
+
+
+# --------------------------------------------------------------------------- masks
+
+
+class MaskSink:
+    """One PNG per frame in ``folder``: ``s{stream_id}_{seq:08d}.png``, HxW uint8 {0, 255}.
+
+    Written to a temporary file in the same folder and renamed with ``os.replace``, so a reader
+    never sees half a PNG. Frames without a prediction are skipped (nothing is known for them).
+    """
+
+    def __init__(self, folder: str, *, compression: int = 1) -> None:
+        self.folder = Path(folder)
+        self.compression = int(compression)  # PNG level 1: masks compress well even at 1, fast
+        self.frames_written = 0
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"mask sink: cannot create {self.folder}: {_os_reason(exc)}") from None
+
+    def path_for(self, stream_id: int, seq: int) -> Path:
+        return self.folder / f"s{stream_id}_{seq:08d}.png"
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        if prediction is None:
+            return
+        ok, buf = cv2.imencode(".png", prediction.mask.astype(np.uint8) * 255,
+                               [cv2.IMWRITE_PNG_COMPRESSION, self.compression])
+        if not ok:
+            raise SinkError("mask sink: PNG encoding failed")
+        target = self.path_for(frame.stream_id, frame.seq)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=self.folder)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.tobytes())
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise SinkError(f"mask sink: cannot write {target}: {_os_reason(exc)}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- ZeroMQ re-publish
+
+
+class ZmqRepublishSink:
+    """Publish each overlay as a JPEG frame message (wire protocol v1) on a ZeroMQ PUB socket.
+
+    Remote viewers SUB to ``endpoint`` and decode with :func:`endostream.wire.decode_message`;
+    the header keeps the source frame's stream id, seq and capture time. PUB never blocks:
+    a slow subscriber loses frames (send high-water mark ``hwm``), the consumer never waits.
+
+    Args:
+        endpoint: where to bind, loopback by default.
+        jpeg_quality: 0..100.
+        configure: called with the socket before ``bind`` (e.g. to switch on CURVE security).
+    """
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5560", *, jpeg_quality: int = 80, hwm: int = 4,
+                 configure: Callable[[Any], None] | None = None) -> None:
+        import zmq
+
+        self.endpoint, self.jpeg_quality = endpoint, int(jpeg_quality)
+        self.frames_written = 0
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, int(hwm))
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if configure is not None:
+            configure(self._sock)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close()
+            raise SinkError(f"republish sink: cannot bind {endpoint}: {exc}") from None
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        import zmq
+
+        from endostream import wire
+
+        out = Frame(stream_id=frame.stream_id, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
+                    image=overlay_bgr, modality=frame.modality, stamps_ns=dict(frame.stamps_ns))
+        parts = wire.encode_frame(out, codec="jpeg", jpeg_quality=self.jpeg_quality)
+        try:
+            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return  # no room: a live viewer wants the next frame, not this one
+        except zmq.ZMQError as exc:
+            raise SinkError(f"republish sink: send on {self.endpoint} failed: {exc}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+# --------------------------------------------------------------------------- local window
+
+
+def gui_available() -> tuple[bool, str]:
+    """Whether ``cv2.imshow`` can work here, and why not when it cannot."""
+    info = cv2.getBuildInformation()
+    gui_line = next((ln for ln in info.splitlines() if ln.strip().startswith("GUI:")), "")
+    if not gui_line or gui_line.split(":", 1)[1].strip().upper() in ("", "NONE"):
+        return False, "this OpenCV build has no GUI support (opencv-python-headless); use the browser viewer"
+    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no display (DISPLAY unset); use the browser viewer"
+    return True, ""
+
+
+class WindowSink:
+    """A local OpenCV window. Raises :class:`SinkError` at construction when there is no GUI."""
+
+    def __init__(self, title: str = "endostream (research use only)") -> None:
+        ok, why = gui_available()
+        if not ok:
+            raise SinkError(f"window sink: {why}")
+        self.title = title
+        self.frames_written = 0
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        cv2.imshow(self.title, overlay_bgr)
+        cv2.waitKey(1)  # lets the GUI thread paint; 1 ms is the smallest wait
+        self.frames_written += 1
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+
+
+# --------------------------------------------------------------------------- browser viewer
+
+
+class ViewerSink:
+    """Feeds the MJPEG browser viewer; starts it on construction and logs its URL."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8090, *, token: str | None = None,
+                 certfile: str | None = None, keyfile: str | None = None, jpeg_quality: int = 80) -> None:
+        from endostream.viewer import MjpegViewer
+
+        try:
+            self.viewer = MjpegViewer(host, port, token=token, certfile=certfile, keyfile=keyfile,
+                                      jpeg_quality=jpeg_quality)
+            self.viewer.start()
+        except OSError as exc:
+            raise SinkError(f"viewer sink: cannot serve on {host}:{port}: {_os_reason(exc)}") from None
+        log.info("browser viewer at %s", self.viewer.url_redacted)
+        self.frames_written = 0
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        self.viewer.update(overlay_bgr)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self.viewer.stop()
+
+
+# --------------------------------------------------------------------------- guard and builder
+
+
+class GuardedSink:
+    """Wraps a sink so its failure never stops the pipeline.
+
+    The first error is logged once (one line), counted, and the sink is disabled; later writes
+    are counted in ``failures`` and skipped. ``error`` keeps the first message.
+    """
+
+    def __init__(self, sink: Sink, name: str | None = None) -> None:
+        self.sink, self.name = sink, name or type(sink).__name__
+        self.failures = 0
+        self.disabled = False
+        self.error: str | None = None
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
+        if self.disabled:
+            self.failures += 1
+            return
+        try:
+            self.sink.write(frame, overlay_bgr, prediction)
+        except Exception as exc:  # noqa: BLE001 - any sink bug must not freeze the overlay
+            self._fail(exc)
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.error is None:
+            self.error = str(exc) if isinstance(exc, (SinkError, OSError)) else f"{type(exc).__name__}: {exc}"
+            log.error("sink %s disabled: %s", self.name, self.error)
+        self.disabled = True
+
+
+def make_sinks(specs: Mapping[str, Mapping[str, Any]] | None) -> list[GuardedSink]:
+    """Instantiate ``{name: {_target_: ..., kwargs...}}`` (the ``sink`` config group) guarded.
+
+    A sink that cannot even be built (no GUI, port taken) is logged and left out, so a bad
+    optional sink never stops the stream.
+    """
+    from hydra.utils import instantiate
+
+    sinks = []
+    for name, spec in (specs or {}).items():
+        if spec is None or not spec.get("enabled", True):
+            continue
+        kwargs = {k: v for k, v in dict(spec).items() if k != "enabled"}
+        try:
+            sinks.append(GuardedSink(instantiate(kwargs), name=name))
+        except Exception as exc:  # noqa: BLE001 - hydra wraps constructor errors
+            cause = exc.__cause__ or exc
+            log.error("sink %s not started: %s", name, str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+    return sinks
