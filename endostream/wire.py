@@ -197,6 +197,11 @@ def with_stamp(header: bytes, stage: str, ns: int | None = None) -> bytes:
             + header[off + _STAMP.size:])
 
 
+def with_window_start(header: bytes, window_start: int) -> bytes:
+    """Return ``header`` with a new ``window_start`` (a resend carries the current floor)."""
+    return header[:24] + struct.pack("<Q", window_start) + header[32:]
+
+
 # ----------------------------------------------------------------------------- encode
 
 

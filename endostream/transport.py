@@ -1,0 +1,683 @@
+"""ZeroMQ socket wrappers for the two transport modes. Messages are wire protocol v1.
+
+live      producer PUB (connect) -> consumer SUB (bind), default tcp://127.0.0.1:5555.
+          The sender never blocks: a full queue refuses the frame (counted). The receiver
+          drains everything queued and keeps only the newest frame per stream ("newest wins";
+          ZMQ_CONFLATE cannot be used with multipart messages). Drops are counted from
+          sequence gaps.
+lossless  producer DEALER (connect) -> consumer ROUTER (bind), default tcp://127.0.0.1:5556.
+          The consumer acks (cumulatively) what it has FINISHED; the producer keeps at most
+          ``window`` unacked frames, resends them oldest first when acks stop coming, and the
+          receiver delivers each seq once, in order, optionally persisting what it finished.
+
+The consumer binds (one hub, many producers connect), to loopback unless allow_remote=True.
+Every socket can be CURVE-encrypted and authenticated (endostream.security).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import time
+import warnings
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from endostream import wire
+from endostream.security import ClientKeys, ServerKeys, secure_client, secure_server, start_auth, stop_auth
+from endostream.types import Frame
+from endostream.wire import Ack, EndOfStream, FrameMessage, Heartbeat, WireError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIVE_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_LOSSLESS_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
+    """Refuse to bind beyond loopback (frames are patient data) unless allow_remote=True."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme not in ("tcp", "ipc", "inproc"):
+        raise ValueError(f"endpoint {endpoint!r}: expected tcp://, ipc:// or inproc://")
+    if scheme != "tcp":
+        return
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name
+        loopback = False
+    if loopback:
+        return
+    if not allow_remote:
+        raise ValueError(f"refusing to bind {endpoint}: not a loopback address; pass "
+                         "allow_remote=True (transport.allow_remote=true) and enable security")
+    warnings.warn(f"binding {endpoint} beyond loopback: enable CURVE security "
+                  "(transport.security.enabled=true)", stacklevel=3)
+    log.warning("binding %s beyond loopback", endpoint)
+
+
+class _Socket:
+    """One socket with its options, optional CURVE, and its context (owned unless given)."""
+
+    def __init__(self, kind: int, context: zmq.Context | None, *, linger_ms: int,
+                 heartbeat_ivl_ms: int, heartbeat_timeout_ms: int):
+        self._own_ctx = context is None
+        self.context = context or zmq.Context()
+        self.sock = self.context.socket(kind)
+        self._auth = False
+        s = self.sock
+        s.linger = linger_ms
+        s.reconnect_ivl = 100  # restarted peers are found again quickly...
+        s.reconnect_ivl_max = 2000  # ...without hammering a peer that stays away
+        # ZMTP heartbeats close dead TCP connections (peer power-off, cable pulled).
+        s.heartbeat_ivl = heartbeat_ivl_ms
+        s.heartbeat_timeout = heartbeat_timeout_ms
+        s.heartbeat_ttl = heartbeat_timeout_ms
+
+    def _bind(self, endpoint: str, allow_remote: bool, security: ServerKeys | None) -> None:
+        check_bind_endpoint(endpoint, allow_remote)
+        if security is not None:
+            start_auth(self.context, security)
+            self._auth = True
+            secure_server(self.sock, security)
+        self.sock.bind(endpoint)
+
+    def _connect(self, endpoint: str, security: ClientKeys | None) -> None:
+        if security is not None:
+            secure_client(self.sock, security)
+        self.sock.connect(endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        """The resolved endpoint (e.g. the real port after binding ``tcp://127.0.0.1:*``)."""
+        return self.sock.last_endpoint.decode()
+
+    def close(self) -> None:
+        if self.sock.closed:
+            return
+        self.sock.close(linger=self.sock.linger)
+        if self._auth:
+            stop_auth(self.context)
+        if self._own_ctx:
+            self.context.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ============================================================================= live
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    refused: int = 0  # live: the socket's queue was full, the frame was dropped at once
+    resent: int = 0  # lossless: frames sent again after acks stopped coming
+    acked: int = 0
+
+
+class LiveSender(_Socket):
+    """PUB, connects to the consumer. ``send`` never blocks."""
+
+    def __init__(self, endpoint: str = DEFAULT_LIVE_ENDPOINT, *, codec: str = "raw",
+                 jpeg_quality: int = 90, sndhwm: int = 2, epoch: int | None = None,
+                 context: zmq.Context | None = None, security: ClientKeys | None = None,
+                 send_mask: bool = False, heartbeat_ivl_ms: int = 1000,
+                 heartbeat_timeout_ms: int = 5000):
+        super().__init__(zmq.PUB, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.sock.sndhwm = sndhwm  # small: a stale frame is worth nothing live
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # full queue -> EAGAIN we can count
+        self._connect(endpoint, security)
+        self.codec, self.jpeg_quality, self.send_mask = codec, jpeg_quality, send_mask
+        self.epoch = wire.new_epoch() if epoch is None else epoch
+        self.stats = SenderStats()
+        self._next_seq: dict[int, int] = {}
+
+    def _send(self, parts: list) -> bool:
+        parts[0] = wire.with_stamp(parts[0], "send")
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def send(self, frame: Frame) -> bool:
+        """Encode and send; False when the queue was full and the frame was dropped.
+        The image must not be modified afterwards (raw frames are sent without a copy)."""
+        parts = wire.encode_frame(frame, epoch=self.epoch, codec=self.codec,
+                                  jpeg_quality=self.jpeg_quality, send_mask=self.send_mask)
+        self._next_seq[frame.stream_id] = frame.seq + 1
+        ok = self._send(parts)
+        if ok:
+            self.stats.sent += 1
+        else:
+            self.stats.refused += 1
+        return ok
+
+    def end_stream(self, stream_id: int, wait_s: float = 0.5) -> bool:
+        """Send end-of-stream (seq = last seq + 1), retrying briefly while the queue is full."""
+        parts = wire.encode_end_of_stream(stream_id, self.epoch, self._next_seq.get(stream_id, 0))
+        deadline = time.monotonic() + wait_s
+        while not self._send(list(parts)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+@dataclass
+class StreamStats:
+    """Per stream id. ``dropped``: frames never delivered (seq gaps + superseded by a newer
+    frame); ``stale``: older or replayed seqs discarded; ``restarts``: new producer epochs."""
+
+    epoch: int | None = None
+    last_seq: int | None = None
+    received: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    stale: int = 0
+    end_of_stream: int = 0
+    ended: bool = False
+    restarts: int = 0
+
+
+@dataclass
+class ReceiverStats:
+    messages: int = 0  # every multipart message taken off the socket, valid or not
+    malformed: int = 0
+    streams: dict[int, StreamStats] = field(default_factory=dict)
+    # lossless only
+    duplicates: int = 0
+    out_of_window: int = 0
+
+    def total(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.streams.values())
+
+
+class _Receiver(_Socket):
+    """Bound receiving socket: malformed-message accounting and bounded per-stream stats."""
+
+    def __init__(self, kind: int, endpoint: str, *, context, allow_remote, security,
+                 max_width, max_height, max_streams, log_every, linger_ms,
+                 heartbeat_ivl_ms, heartbeat_timeout_ms):
+        super().__init__(kind, context, linger_ms=linger_ms, heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.max_width, self.max_height = max_width, max_height
+        self.max_streams, self.log_every = max_streams, log_every
+        self.stats = ReceiverStats()
+        self._bind_args = (endpoint, allow_remote, security)
+
+    def _malformed(self, exc: Exception) -> None:
+        self.stats.malformed += 1
+        n = self.stats.malformed
+        if n == 1 or n % self.log_every == 0:  # a flood of garbage must not flood the log
+            log.warning("malformed message #%d dropped: %s", n, str(exc).splitlines()[0][:200])
+
+    def _stream(self, stream_id: int) -> StreamStats:
+        """Stats of a stream, evicting the least recently seen when there are too many (a
+        hostile peer inventing stream ids must not grow memory)."""
+        st = self.stats.streams.pop(stream_id, None) or StreamStats()
+        self.stats.streams[stream_id] = st  # re-insert: dict order = recency
+        if len(self.stats.streams) > self.max_streams:
+            self.stats.streams.pop(next(iter(self.stats.streams)))
+        return st
+
+
+class LiveReceiver(_Receiver):
+    """SUB, bound. ``recv_newest`` returns the newest frame of every stream that sent one."""
+
+    def __init__(self, endpoint: str = DEFAULT_LIVE_ENDPOINT, *,
+                 context: zmq.Context | None = None, allow_remote: bool = False,
+                 security: ServerKeys | None = None, rcvhwm: int = 4, max_width: int = 8192,
+                 max_height: int = 8192, max_streams: int = 64, max_batch: int = 1000,
+                 log_every: int = 1000, heartbeat_ivl_ms: int = 1000,
+                 heartbeat_timeout_ms: int = 5000):
+        super().__init__(zmq.SUB, endpoint, context=context, allow_remote=allow_remote,
+                         security=security, max_width=max_width, max_height=max_height,
+                         max_streams=max_streams, log_every=log_every, linger_ms=0,
+                         heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.sock.rcvhwm = rcvhwm
+        self.sock.subscribe(b"")
+        self.max_batch = max_batch
+        self._bind(*self._bind_args)
+
+    def recv_newest(self, timeout_ms: int = 100) -> list[FrameMessage]:
+        """Wait up to ``timeout_ms`` for messages, drain what is queued (at most max_batch)
+        and return the newest valid frame per stream, never one older than a frame this
+        receiver already saw from that stream and epoch. Malformed input is counted."""
+        if not self.sock.poll(timeout_ms):
+            return []
+        newest: dict[int, tuple[wire.Header, list, int]] = {}
+        for _ in range(self.max_batch):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.stats.messages += 1
+            try:
+                self._account(parts, time.monotonic_ns(), newest)
+            except Exception as exc:  # noqa: BLE001 - bad input never kills the receiver
+                self._malformed(exc)
+        out = []
+        for sid, (h, parts, t_ns) in newest.items():
+            try:
+                msg = wire.decode_frame(h, parts, t_ns)
+            except WireError as exc:  # e.g. a JPEG that does not decode
+                self._malformed(exc)
+                continue
+            self._stream(sid).delivered += 1
+            out.append(msg)
+        return out
+
+    def _account(self, parts: list, t_ns: int, newest: dict) -> None:
+        h = wire.check_parts(parts, max_width=self.max_width, max_height=self.max_height)
+        if h.kind not in ("frame", "end_of_stream"):
+            return  # heartbeats/acks mean nothing on a live socket
+        st = self._stream(h.stream_id)
+        if st.epoch != h.epoch:
+            if st.epoch is not None:
+                st.restarts += 1
+                log.info("stream %d: new producer epoch (producer restarted)", h.stream_id)
+                pending = newest.pop(h.stream_id, None)
+                st.dropped += pending is not None
+            st.epoch, st.last_seq, st.ended = h.epoch, None, False
+        elif st.last_seq is not None and h.seq <= st.last_seq:
+            st.stale += 1  # replayed or reordered: never deliver anything older
+            return
+        gap = 0 if st.last_seq is None else h.seq - st.last_seq - 1
+        st.dropped += gap
+        st.last_seq = h.seq
+        if h.kind == "end_of_stream":
+            st.end_of_stream += 1
+            st.ended = True
+            return
+        st.received += 1
+        if h.stream_id in newest:
+            st.dropped += 1  # superseded by this newer frame before anyone asked
+        newest[h.stream_id] = (h, parts, t_ns)
+
+
+# ============================================================================= lossless
+
+
+class LosslessSender(_Socket):
+    """DEALER, connects to the consumer. Keeps up to ``window`` unacked messages (already
+    encoded) and blocks in ``send`` while the window is full. Resends all unacked messages,
+    oldest first, whenever a connection to a consumer is (re)established (a restarted
+    consumer), and as a fallback when no ack arrived for ``ack_timeout_s``."""
+
+    def __init__(self, endpoint: str = DEFAULT_LOSSLESS_ENDPOINT, *, window: int = 32,
+                 ack_timeout_s: float = 10.0, codec: str = "raw", jpeg_quality: int = 90,
+                 epoch: int | None = None, context: zmq.Context | None = None,
+                 security: ClientKeys | None = None, send_mask: bool = False,
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 5000):
+        super().__init__(zmq.DEALER, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.sock.sndhwm = window + 8
+        self.sock.immediate = True  # queue nothing for a consumer that is not there
+        # Connection events tell us when a consumer (re)appears: resend what it may lack.
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._connect(endpoint, security)
+        self.window, self.ack_timeout_s = window, ack_timeout_s
+        self.codec, self.jpeg_quality, self.send_mask = codec, jpeg_quality, send_mask
+        self.epoch = wire.new_epoch() if epoch is None else epoch
+        self.stats = SenderStats()
+        self._hb_ivl_s = heartbeat_ivl_ms / 1000
+        self._peer_timeout_s = heartbeat_timeout_ms / 1000
+        self._unacked: OrderedDict[tuple[int, int], list] = OrderedDict()  # (sid, seq) -> parts
+        self._pending: deque[tuple[int, int]] = deque()  # to (re)send, oldest first
+        self._next_seq: dict[int, int] = {}
+        self._last_progress = time.monotonic()
+        self._last_sent = 0.0
+        self._last_heard = 0.0
+
+    @property
+    def outstanding(self) -> int:
+        """Messages sent (or queued to send) and not yet acknowledged."""
+        return len(self._unacked)
+
+    @property
+    def peer_alive(self) -> bool:
+        """True when the consumer answered (ack or heartbeat) within the heartbeat timeout."""
+        return time.monotonic() - self._last_heard < self._peer_timeout_s
+
+    def send(self, frame: Frame, timeout_s: float | None = None) -> None:
+        """Queue one frame, waiting while the window is full. Seqs of a stream must be
+        consecutive. Raises TimeoutError when ``timeout_s`` passes with the window full."""
+        expected = self._next_seq.get(frame.stream_id, frame.seq)
+        if frame.seq != expected:
+            raise ValueError(f"lossless stream {frame.stream_id}: seq {frame.seq}, "
+                             f"expected {expected} (seqs must be consecutive)")
+        self._wait(lambda: len(self._unacked) < self.window, timeout_s)
+        parts = wire.encode_frame(frame, epoch=self.epoch, codec=self.codec,
+                                  jpeg_quality=self.jpeg_quality, send_mask=self.send_mask)
+        self._queue(frame.stream_id, frame.seq, parts)
+
+    def end_stream(self, stream_id: int, timeout_s: float | None = None) -> bool:
+        """Send end-of-stream (acked like a frame) and wait until everything is acked."""
+        seq = self._next_seq.get(stream_id, 0)
+        self._wait(lambda: len(self._unacked) < self.window, timeout_s)
+        self._queue(stream_id, seq, wire.encode_end_of_stream(stream_id, self.epoch, seq))
+        return self.flush(timeout_s)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every message is acknowledged; False on timeout."""
+        try:
+            self._wait(lambda: not self._unacked, timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _queue(self, sid: int, seq: int, parts: list) -> None:
+        self._next_seq[sid] = seq + 1
+        if not self._unacked:
+            self._last_progress = time.monotonic()  # the ack clock starts with the first
+        self._unacked[(sid, seq)] = parts
+        self._pending.append((sid, seq))
+        self._flush_pending()
+
+    def _floor(self, sid: int) -> int:
+        return min(seq for s, seq in self._unacked if s == sid)
+
+    def _flush_pending(self) -> None:
+        while self._pending:
+            key = self._pending[0]
+            parts = self._unacked.get(key)
+            if parts is not None:
+                hdr = wire.with_window_start(parts[0], self._floor(key[0]))
+                try:
+                    self.sock.send_multipart([wire.with_stamp(hdr, "send"), *parts[1:]],
+                                             flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return  # no consumer connected or its queue is full: retry later
+                self._last_sent = time.monotonic()
+                self.stats.sent += 1
+            self._pending.popleft()
+
+    def _wait(self, done, timeout_s: float | None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"lossless: {len(self._unacked)} messages unacknowledged "
+                                   f"after {timeout_s:.1f} s (is the consumer running?)")
+            self.service(50)
+
+    def service(self, timeout_ms: int = 0) -> None:
+        """Handle acks, heartbeats and reconnects for up to ``timeout_ms``; resend if needed."""
+        events = dict(self._poller.poll(timeout_ms))
+        if self._monitor in events:
+            while True:
+                try:
+                    self._monitor.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            if self._unacked:
+                log.info("consumer connected: resending %d unacked messages", len(self._unacked))
+                self.stats.resent += len(self._unacked)
+                self._pending = deque(self._unacked)
+        if self.sock in events:
+            while True:
+                try:
+                    parts = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_reply(parts)
+        now = time.monotonic()
+        if self._unacked and now - self._last_progress > self.ack_timeout_s:
+            self.stats.resent += len(self._unacked)
+            log.info("no ack for %.1f s: resending %d unacked messages", self.ack_timeout_s,
+                     len(self._unacked))
+            self._pending = deque(self._unacked)
+            self._last_progress = now
+        self._flush_pending()
+        if now - self._last_sent > self._hb_ivl_s and self._next_seq:
+            sid = next(iter(self._next_seq))
+            try:
+                self.sock.send_multipart(wire.encode_heartbeat(sid, self.epoch), zmq.NOBLOCK)
+                self._last_sent = now
+            except zmq.Again:
+                pass
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
+        super().close()
+
+    def _on_reply(self, parts: list) -> None:
+        try:
+            msg = wire.decode_message(parts)
+        except WireError as exc:
+            log.warning("malformed reply from consumer ignored: %s", exc)
+            return
+        self._last_heard = time.monotonic()
+        if isinstance(msg, Ack) and msg.epoch == self.epoch:
+            done = [k for k in self._unacked if k[0] == msg.stream_id and k[1] <= msg.seq]
+            for k in done:
+                del self._unacked[k]
+            if done:
+                self.stats.acked += len(done)
+                self._last_progress = time.monotonic()
+
+
+@dataclass
+class _LosslessStream:
+    next_seq: int | None = None  # next seq to deliver
+    finished: int | None = None  # last seq the consumer finished (acked)
+    identity: bytes = b""
+    held: dict[int, Any] = field(default_factory=dict)  # out-of-order messages by seq
+
+
+class LosslessReceiver(_Receiver):
+    """ROUTER, bound. ``recv`` returns each message of each (stream, epoch) once and in order;
+    ``ack`` marks a message finished (call it after the sink wrote it). With ``state_file``
+    the finished seqs survive a restart, so a restarted consumer duplicates nothing."""
+
+    def __init__(self, endpoint: str = DEFAULT_LOSSLESS_ENDPOINT, *,
+                 context: zmq.Context | None = None, allow_remote: bool = False,
+                 security: ServerKeys | None = None, state_file: str | Path | None = None,
+                 max_hold: int = 256, max_width: int = 8192, max_height: int = 8192,
+                 max_streams: int = 64, log_every: int = 1000, heartbeat_ivl_ms: int = 1000,
+                 heartbeat_timeout_ms: int = 5000):
+        super().__init__(zmq.ROUTER, endpoint, context=context, allow_remote=allow_remote,
+                         security=security, max_width=max_width, max_height=max_height,
+                         max_streams=max_streams, log_every=log_every, linger_ms=0,
+                         heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.sock.rcvhwm = 1000
+        self.max_hold = max_hold
+        self.state_file = Path(state_file) if state_file else None
+        self._streams: OrderedDict[tuple[int, int], _LosslessStream] = OrderedDict()
+        self._ready: deque[FrameMessage | EndOfStream] = deque()
+        self._load_state()
+        self._bind(*self._bind_args)
+
+    # ---- public
+    def recv(self, timeout_ms: int = 100) -> FrameMessage | EndOfStream | None:
+        """The next in-order message of any stream, or None after ``timeout_ms``."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self._ready:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left < 0 or not self.sock.poll(max(left, 0)):
+                break
+            for _ in range(1000):
+                try:
+                    parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.stats.messages += 1
+                try:
+                    self._handle(parts)
+                except Exception as exc:  # noqa: BLE001 - bad input never kills the receiver
+                    self._malformed(exc)
+        return self._ready.popleft() if self._ready else None
+
+    def ack(self, stream_id: int, epoch: int, seq: int) -> None:
+        """Everything of (stream_id, epoch) up to ``seq`` is finished: persist, then tell
+        the producer, which may then forget those messages."""
+        st = self._streams.get((stream_id, epoch))
+        if st is None:
+            return
+        st.finished = seq
+        self._save_state()
+        self._reply(st.identity, wire.encode_ack(stream_id, epoch, seq))
+
+    def ack_message(self, msg: FrameMessage | EndOfStream) -> None:
+        self.ack(msg.stream_id, msg.epoch, msg.seq)
+
+    # ---- internals
+    def _handle(self, parts: list) -> None:
+        if len(parts) < 2:
+            raise WireError("message without a ROUTER identity")
+        identity, body = parts[0].bytes, parts[1:]
+        h = wire.check_parts(body, max_width=self.max_width, max_height=self.max_height)
+        key = (h.stream_id, h.epoch)
+        if h.kind == "heartbeat":
+            self._reply(identity, wire.encode_heartbeat(h.stream_id, h.epoch))
+            st = self._streams.get(key)
+            if st is not None and st.finished is not None:  # repairs a lost ack
+                self._reply(identity, wire.encode_ack(h.stream_id, h.epoch, st.finished))
+            return
+        if h.kind == "ack":
+            raise WireError("ack sent to the consumer")
+        st, stats = self._state(key), self._stream(h.stream_id)
+        st.identity = identity
+        if stats.epoch != h.epoch:
+            stats.restarts += stats.epoch is not None
+            stats.epoch = h.epoch
+        if st.next_seq is None:
+            st.next_seq = h.window_start
+        if h.window_start > st.next_seq:  # all below were acked, by an earlier consumer
+            st.next_seq = h.window_start
+            st.held = {s: m for s, m in st.held.items() if s >= h.window_start}
+        if h.seq < st.next_seq or h.seq in st.held:
+            self.stats.duplicates += 1
+            if st.finished is not None:
+                self._reply(identity, wire.encode_ack(h.stream_id, h.epoch, st.finished))
+            return
+        if h.seq - st.next_seq >= self.max_hold:
+            self.stats.out_of_window += 1
+            return
+        if h.kind == "frame":
+            msg = wire.decode_frame(h, body, time.monotonic_ns())
+            stats.received += 1
+        else:
+            msg = EndOfStream(h.stream_id, h.epoch, h.seq, h.window_start)
+        st.held[h.seq] = msg
+        while st.next_seq in st.held:
+            m = st.held.pop(st.next_seq)
+            self._ready.append(m)
+            st.next_seq += 1
+            stats.last_seq = m.seq
+            if isinstance(m, EndOfStream):
+                stats.end_of_stream += 1
+                stats.ended = True
+            else:
+                stats.delivered += 1
+
+    def _state(self, key: tuple[int, int]) -> _LosslessStream:
+        st = self._streams.pop(key, None) or _LosslessStream()
+        self._streams[key] = st  # most recent last; the oldest is evicted past max_streams
+        if len(self._streams) > self.max_streams:
+            self._streams.popitem(last=False)
+        return st
+
+    def _reply(self, identity: bytes, parts: list) -> None:
+        try:
+            self.sock.send_multipart([identity, *parts], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # producer gone; it will resend and we will re-ack
+
+    def _load_state(self) -> None:
+        if not self.state_file or not self.state_file.exists():
+            return
+        try:
+            rows = json.loads(self.state_file.read_text())["finished"]
+            for sid, epoch, seq in rows:
+                self._state((int(sid), int(epoch))).finished = int(seq)
+                self._streams[(int(sid), int(epoch))].next_seq = int(seq) + 1
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"lossless state file {self.state_file} is unreadable: {exc}") from None
+
+    def _save_state(self) -> None:
+        """Atomic (temp file + os.replace): a crash leaves the old or the new state, never a
+        torn file. No fsync: this guards against process crashes, not power loss."""
+        if not self.state_file:
+            return
+        rows = [[k[0], k[1], st.finished] for k, st in self._streams.items()
+                if st.finished is not None]
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "finished": rows}))
+        os.replace(tmp, self.state_file)
+
+
+# ============================================================================= from config
+
+
+def _security(cfg, server: bool) -> ServerKeys | ClientKeys | None:
+    sec = cfg.get("security") or {}
+    if not sec.get("enabled", False):
+        return None
+    from endostream.security import load_client_keys, load_server_keys
+
+    if server:
+        return load_server_keys(sec["keys_dir"], sec.get("server_key", "server"),
+                                sec.get("allow_dir"))
+    return load_client_keys(sec["keys_dir"], sec.get("client_key", "client"),
+                            sec.get("server_key", "server"))
+
+
+def resolve_endpoint(cfg) -> str:
+    """``cfg.endpoint``, or the mode's default when it is null."""
+    if cfg.get("endpoint"):
+        return str(cfg["endpoint"])
+    return DEFAULT_LIVE_ENDPOINT if cfg["mode"] == "live" else DEFAULT_LOSSLESS_ENDPOINT
+
+
+def _check_mode(cfg) -> str:
+    mode = cfg["mode"]
+    if mode not in ("live", "lossless"):
+        raise ValueError(f"transport.mode={mode!r}; expected live or lossless")
+    return mode
+
+
+def open_sender(cfg, *, codec: str = "raw", jpeg_quality: int = 90, send_mask: bool = False,
+                context: zmq.Context | None = None) -> LiveSender | LosslessSender:
+    """Build the producer side from a ``configs/transport`` block."""
+    hb = dict(heartbeat_ivl_ms=int(cfg.get("heartbeat_ivl_ms", 1000)),
+              heartbeat_timeout_ms=int(cfg.get("heartbeat_timeout_ms", 5000)))
+    common = dict(codec=codec, jpeg_quality=jpeg_quality, send_mask=send_mask, context=context,
+                  security=_security(cfg, server=False), **hb)
+    if _check_mode(cfg) == "live":
+        return LiveSender(resolve_endpoint(cfg), sndhwm=int(cfg["live"]["sndhwm"]), **common)
+    ll = cfg["lossless"]
+    return LosslessSender(resolve_endpoint(cfg), window=int(ll["window"]),
+                          ack_timeout_s=float(ll["ack_timeout_s"]), **common)
+
+
+def open_receiver(cfg, *, context: zmq.Context | None = None) -> LiveReceiver | LosslessReceiver:
+    """Build the consumer side from a ``configs/transport`` block."""
+    common = dict(context=context, allow_remote=bool(cfg.get("allow_remote", False)),
+                  security=_security(cfg, server=True),
+                  max_width=int(cfg.get("max_width", 8192)),
+                  max_height=int(cfg.get("max_height", 8192)),
+                  heartbeat_ivl_ms=int(cfg.get("heartbeat_ivl_ms", 1000)),
+                  heartbeat_timeout_ms=int(cfg.get("heartbeat_timeout_ms", 5000)))
+    if _check_mode(cfg) == "live":
+        return LiveReceiver(resolve_endpoint(cfg), rcvhwm=int(cfg["live"]["rcvhwm"]), **common)
+    state = cfg["lossless"].get("state_file")
+    return LosslessReceiver(resolve_endpoint(cfg), state_file=state or None, **common)
