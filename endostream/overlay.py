@@ -80,7 +80,7 @@ def _blend_mask(out: np.ndarray, mask_u8: np.ndarray, opacity: float, color: tup
         return
     roi = out[y:y + h, x:x + w]
     tint = np.empty_like(roi)
-    tint[:] = color
+    tint[:] = tuple(int(c) for c in color)  # also accepts a config ListConfig
     blended = cv2.addWeighted(roi, 1.0 - opacity, tint, opacity, 0.0)
     # roi is a strided view into out; OpenCV writes through it (20x faster than np.copyto(where=)).
     cv2.copyTo(blended, mask_u8[y:y + h, x:x + w], dst=roi)

@@ -51,6 +51,27 @@ def test_video_roundtrip_count_size_order(tmp_path, ext, codec):
     assert stamps == sorted(stamps)
 
 
+def test_url_through_ffmpeg(tmp_path):
+    """A URL goes through FFmpeg's own network stack (here HTTP from a local server)."""
+    import functools
+    import http.server
+    import threading
+
+    write_clip(tmp_path / "clip.mp4", n=7)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        frames = list(open_source(f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"))
+        assert len(frames) == 7 and frames[0].image.shape == (48, 64, 3)
+        with pytest.raises(SourceError):
+            open_source(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4", open_timeout_s=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_max_frames_and_loop(tmp_path):
     clip = tmp_path / "clip.mp4"
     write_clip(clip, n=5)
