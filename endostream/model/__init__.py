@@ -1,0 +1,1 @@
+"""The segmentation network (torch) and its few-step scheduler (no torch)."""

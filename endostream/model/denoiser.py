@@ -1,0 +1,54 @@
+"""The light denoiser: (fused features, noisy mask, timestep) -> clean-mask logits.
+
+It runs K times per frame on features computed once, so it is small and works at stride 4.
+The noisy mask is an input of the first convolution; a test checks that changing it changes
+the output (the flaw of Diff-VPS's public code, where a constant went in, cannot return).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, num_train_steps: int = 1000) -> torch.Tensor:
+    """Sinusoidal embedding of float timesteps (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / half))
+    args = (t.float() * (1000.0 / num_train_steps)).unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class FiLMBlock(nn.Module):
+    """3x3 conv, timestep FiLM (scale and shift), ReLU, with a residual connection."""
+
+    def __init__(self, channels: int, t_dim: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.film = nn.Linear(t_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(temb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return x + torch.relu(self.conv(x) * (1.0 + scale) + shift)
+
+
+class Denoiser(nn.Module):
+    def __init__(self, feat_channels: int = 48, hidden: int = 32, t_dim: int = 64,
+                 dilations: tuple[int, ...] = (1, 2, 4), num_train_steps: int = 1000) -> None:
+        super().__init__()
+        self.t_dim = t_dim
+        self.num_train_steps = num_train_steps
+        self.t_mlp = nn.Sequential(nn.Linear(t_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.inp = nn.Conv2d(feat_channels + 1, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList([FiLMBlock(hidden, t_dim, d) for d in dilations])
+        self.out = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """feat (B, F, H, W); noisy_mask (B, 1, H, W) in signal space; t (B,) float -> logits (B, 1, H, W)."""
+        temb = self.t_mlp(timestep_embedding(t, self.t_dim, self.num_train_steps))
+        x = torch.relu(self.inp(torch.cat([feat, noisy_mask.to(feat.dtype)], 1)))
+        for block in self.blocks:
+            x = block(x, temb)
+        return self.out(x)

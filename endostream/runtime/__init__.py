@@ -1,0 +1,1 @@
+"""Inference backends with one call signature (see ``base.Backend``)."""

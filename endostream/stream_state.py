@@ -1,0 +1,49 @@
+"""The bounded per-stream memory: past frames' features and the previous mask.
+
+An explicit dataclass with init, update and reset (SAM 2's video predictor keeps the same
+thing in a string-keyed dict). Memory is a fixed (1, T, N, h, w) buffer, oldest slot first,
+plus a 0/1 ``valid`` vector, so the network sees fixed shapes and memory never grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class StreamState:
+    memory_frames: int
+    channels: int
+    grid: int
+    seed: int = 0
+    memory: np.ndarray = field(init=False)
+    valid: np.ndarray = field(init=False)
+    prev_prob: np.ndarray | None = field(init=False, default=None)  # (1,1,g,g) in [0,1]
+    frames_seen: int = field(init=False, default=0)
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.memory = np.zeros((1, self.memory_frames, self.channels, self.grid, self.grid), np.float32)
+        self.valid = np.zeros((1, self.memory_frames), np.float32)
+        self.prev_prob = None
+        self.frames_seen = 0
+        # Seeded per stream so a replayed stream gives the same masks (reproducible overlays).
+        self.rng = np.random.default_rng(self.seed)
+
+    def push(self, memory_out: np.ndarray, prob_small: np.ndarray) -> None:
+        """Append this frame's memory features (dropping the oldest) and remember its mask."""
+        if self.memory_frames > 0:
+            self.memory[:, :-1] = self.memory[:, 1:]
+            self.memory[:, -1] = memory_out.reshape(self.memory.shape[2:])
+            self.valid[:, :-1] = self.valid[:, 1:]
+            self.valid[:, -1] = 1.0
+        self.prev_prob = prob_small
+        self.frames_seen += 1
+
+    def noise(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self.rng.standard_normal(shape, dtype=np.float32)

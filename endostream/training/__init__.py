@@ -1,0 +1,1 @@
+"""Training only: data, augmentation, losses, loop. The runtime never imports this package."""

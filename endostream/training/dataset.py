@@ -1,0 +1,95 @@
+"""Load the real polyp data once into memory, field of view cropped, with a split by patient.
+
+Kvasir-SEG stills and CVC-ClinicDB sequences from ``../shared/data``. Every image is cropped to
+its field of view with the same ``find_fov`` the live path uses, then resized to a square
+cache size a little larger than the network input (augmentation crops from it).
+Validation: 90 Kvasir images (seeded) and whole ClinicDB sequences, so no patient's sequence
+sits on both sides of the split.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from endostream.preprocess import find_fov
+
+VAL_CLINIC_SEQUENCES = (3, 7, 11, 15, 19, 23)  # 6 of 24 sequences, spread over the set
+VAL_KVASIR_COUNT = 90
+
+
+@dataclass
+class Sample:
+    """One still image (or one frame of a sequence) at cache size, plus its original for eval."""
+
+    name: str
+    source: str  # "kvasir" | "clinicdb" | "negative"
+    image: np.ndarray  # CxC x3 uint8 BGR, FOV-cropped and resized
+    mask: np.ndarray  # CxC uint8 {0,1}
+    sequence: int = -1  # ClinicDB sequence id, -1 for stills
+    original_path: str = ""
+    mask_path: str = ""
+
+
+@dataclass
+class Splits:
+    train: list[Sample] = field(default_factory=list)
+    val: list[Sample] = field(default_factory=list)
+    negatives: list[Sample] = field(default_factory=list)  # frames known to have no polyp
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Mask file -> HxW uint8 {0,1}; threshold 127 because the files are not clean binaries."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise FileNotFoundError(f"cannot read mask {path}")
+    return (m > 127).astype(np.uint8)
+
+
+def _load(image_path: Path, mask_path: Path | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {image_path}")
+    x0, y0, x1, y1 = find_fov(img)
+    img = cv2.resize(img[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+    if mask_path is None:
+        return img, np.zeros((size, size), np.uint8)
+    m = read_mask(mask_path)[y0:y1, x0:x1]
+    m = (cv2.resize(m * 255, (size, size), interpolation=cv2.INTER_LINEAR) > 127).astype(np.uint8)
+    return img, m
+
+
+def clinicdb_rows(root: Path) -> list[tuple[int, int, Path, Path]]:
+    """(frame_id, sequence_id, image, mask) rows of ``sequences.csv`` in frame order."""
+    with open(root / "sequences.csv") as f:
+        rows = [(int(r["frame_id"]), int(r["sequence_id"]), root / r["image"], root / r["mask"]) for r in csv.DictReader(f)]
+    return sorted(rows)
+
+
+def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0) -> Splits:
+    root = Path(data_root)
+    if not (root / "kvasir-seg").is_dir():
+        raise FileNotFoundError(f"no kvasir-seg under {root}: pass data.root=<path to shared/data>")
+    splits = Splits()
+    kv = root / "kvasir-seg"
+    ids = sorted(p.stem for p in (kv / "images").glob("*.jpg"))
+    val_ids = set(np.random.default_rng(seed).permutation(ids)[:VAL_KVASIR_COUNT].tolist())
+    for i in ids:
+        img, m = _load(kv / "images" / f"{i}.jpg", kv / "masks" / f"{i}.jpg", cache_size)
+        s = Sample(i, "kvasir", img, m, original_path=str(kv / "images" / f"{i}.jpg"), mask_path=str(kv / "masks" / f"{i}.jpg"))
+        (splits.val if i in val_ids else splits.train).append(s)
+    for fid, seq, ip, mp in clinicdb_rows(root / "cvc-clinicdb"):
+        img, m = _load(ip, mp, cache_size)
+        s = Sample(f"clinicdb_{fid}", "clinicdb", img, m, sequence=seq, original_path=str(ip), mask_path=str(mp))
+        (splits.val if seq in VAL_CLINIC_SEQUENCES else splits.train).append(s)
+    # Laparoscopic frames: real endoscopy without polyps, negatives for the presence head.
+    # (The EndoVis clip is kept out: the laparoscopy demo streams it.)
+    lap = root / "laparoscopy" / "cholec-instance-seg-sample"
+    for p in sorted((lap / "images").glob("*.png")):
+        img, m = _load(p, None, cache_size)
+        splits.negatives.append(Sample(p.stem, "negative", img, m, original_path=str(p)))
+    return splits

@@ -1,0 +1,194 @@
+"""`endostream train`: the multi-task training loop, on a time budget, checkpointed and resumable.
+
+The learning rate follows a cosine over the fraction of the time budget spent (not over a step
+count), so a run slowed by other work on the machine still anneals properly; elapsed training
+time is saved in the checkpoint and resume continues the same schedule.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from endostream.fileutil import atomic_write_json, file_sha256
+from endostream.model.io import save_weights
+from endostream.model.network import NetConfig, PolypNet
+from endostream.model.scheduler import MaskScheduler
+from endostream.training.clips import ClipBatch, ClipSampler
+from endostream.training.dataset import load_splits
+from endostream.training.losses import (FrameDiscriminator, box_l1, dice_bce, discriminator_loss,
+                                        generator_adv_loss)
+from endostream.training.validate import load_eval_items, validate
+
+DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv": 0.01}
+
+
+def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.optim.Optimizer,
+               opt_d: torch.optim.Optimizer | None, batch: ClipBatch, sched: MaskScheduler, *,
+               weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
+               bf16: bool = True, gen: torch.Generator | None = None) -> dict[str, float]:
+    """One optimisation step on a clip batch; returns the loss terms as floats."""
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    model.train()
+    imgs = torch.from_numpy(batch.images)
+    masks = torch.from_numpy(batch.masks)
+    valid_past = torch.from_numpy(batch.valid)
+    b, t1, _, s, _ = imgs.shape
+    past, slots = t1 - 1, model.cfg.memory_frames
+    cur = imgs[:, -1].contiguous(memory_format=torch.channels_last)
+    target = masks[:, -1]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    # Past frames only fill the memory: encoded without gradients (stages 1-3 only), as at run time.
+    memory = torch.zeros(b, slots, model.cfg.neck_channels, s // 16, s // 16)
+    valid = torch.zeros(b, slots)
+    if past and slots and model.cfg.temporal:
+        with torch.no_grad(), amp:
+            pf = imgs[:, :past].reshape(b * past, 3, s, s).contiguous(memory_format=torch.channels_last)
+            feats = model.memory_feature(pf).float().reshape(b, past, -1, s // 16, s // 16)
+        k = min(past, slots)
+        memory[:, slots - k:] = feats[:, past - k:]
+        valid[:, slots - k:] = valid_past[:, past - k:]
+
+    # Diffusion target: the current mask at stride 4; sometimes noise the PREVIOUS frame's mask
+    # instead, which is what a warm start feeds the denoiser in a stream.
+    small = F.avg_pool2d(target, 4)
+    if past:
+        prev_small = F.avg_pool2d(masks[:, -2], 4)
+        use_prev = (torch.rand(b, 1, 1, 1, generator=gen) < prev_mask_p) & (valid[:, -1].view(b, 1, 1, 1) > 0)
+        small = torch.where(use_prev, prev_small, small)
+    x0 = sched.mask_to_signal(small)
+    t = torch.randint(0, sched.num_train_steps, (b,), generator=gen)
+    x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
+
+    with amp:
+        out = model(cur, memory, valid, x_t, t.float())
+    up = lambda z: F.interpolate(z.float(), size=(s, s), mode="bilinear", align_corners=False)  # noqa: E731
+    losses = {"mask": dice_bce(up(out["logits"]), target), "aux": dice_bce(up(out["aux_logits"]), target)}
+    presence = torch.from_numpy(batch.presence)
+    if heads:
+        losses["presence"] = F.binary_cross_entropy_with_logits(out["presence_logit"].float(), presence)
+        losses["box"] = box_l1(out["box"], torch.from_numpy(batch.box), presence)
+
+    has_past = valid.amax(1) > 0
+    fake = real = None
+    if model.frame_predictor is not None and bool(has_past.any()):
+        with amp:
+            fake = model.frame_predictor(model.neck.temporal.values(memory[has_past]), valid[has_past]).float()
+        real = F.avg_pool2d(cur[has_past].float(), 4)
+        losses["predict"] = (fake - real).abs().mean()
+        if disc is not None:
+            losses["adv"] = generator_adv_loss(disc, fake)
+
+    total = sum(w.get(k, 1.0) * v for k, v in losses.items())
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    result = {k: float(v.detach()) for k, v in losses.items()}
+    result["total"] = float(total)
+    if disc is not None and opt_d is not None and fake is not None:
+        loss_d = discriminator_loss(disc, real, fake)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        result["disc"] = float(loss_d)
+    return result
+
+
+def _lr_at(progress: float, step: int, base: float, warmup: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return base * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def run(cfg) -> int:
+    tc = cfg.train
+    torch.set_num_threads(int(tc.threads))
+    torch.manual_seed(int(tc.seed))
+    out = Path(tc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    net_cfg = NetConfig.from_dict(dict(cfg.model))
+    model = PolypNet(net_cfg).to(memory_format=torch.channels_last)
+    disc = FrameDiscriminator() if (net_cfg.temporal and tc.adversarial) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay))
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=float(tc.lr) * 0.5, betas=(0.5, 0.999)) if disc else None
+    sched = MaskScheduler(net_cfg.num_train_steps, net_cfg.mask_scale)
+    step, elapsed, best = 0, 0.0, -1.0
+    last = out / "last.pt"
+    if last.is_file() and tc.resume:
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"], strict=True)
+        opt.load_state_dict(ck["opt"])
+        if disc is not None and ck.get("disc"):
+            disc.load_state_dict(ck["disc"])
+            opt_d.load_state_dict(ck["opt_d"])
+        step, elapsed, best = ck["step"], ck["elapsed"], ck["best"]
+        print(f"resumed from {last}: step {step}, {elapsed / 60:.1f} min done, best val Dice {best:.4f}")
+
+    t0 = time.time()
+    splits = load_splits(cfg.data.root, int(cfg.data.cache_size), seed=int(tc.seed))
+    val_items = load_eval_items(splits.val)
+    print(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.negatives)} negatives "
+          f"({time.time() - t0:.0f} s)")
+    sampler = ClipSampler(splits.train, splits.negatives, size=net_cfg.input_size, past=int(tc.past_frames),
+                          negative_p=float(tc.negative_p), seed=int(tc.seed) + step)
+    gen = torch.Generator().manual_seed(int(tc.seed) + step)
+    budget = float(tc.budget_minutes) * 60
+    log_path = out / "log.csv"
+    new_log = not log_path.is_file()
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "minutes", "lr", "total", "mask", "aux", "presence", "box", "predict", "adv", "disc",
+                         "imgs_per_s", "val_kvasir", "val_clinicdb", "val_mean"])
+    last_val = last_ck = elapsed
+    bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="train", mininterval=5)
+    while elapsed < budget:
+        ts = time.time()
+        lr = _lr_at(elapsed / budget, step, float(tc.lr), int(tc.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = sampler.batch(int(tc.batch_size))
+        losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
+                            prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads), bf16=bool(tc.bf16), gen=gen)
+        dt = time.time() - ts
+        elapsed += dt
+        step += 1
+        bar.update(int(elapsed) - bar.n)
+        row_val = ["", "", ""]
+        if elapsed - last_val >= float(tc.val_every_minutes) * 60 or elapsed >= budget:
+            last_val = elapsed
+            v = validate(model, val_items, steps=int(tc.val_steps), threads=int(tc.threads))
+            row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
+            bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
+            if v["mean_dice"] > best:
+                best = v["mean_dice"]
+                save_weights(model, out / "best.pt", meta={"trained": True, "step": step, "minutes": elapsed / 60,
+                                                           "val": v, "recipe": "endostream train"})
+        bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
+        writer.writerow([step, f"{elapsed / 60:.2f}", f"{lr:.2e}"] + [
+            f"{losses[k]:.4f}" if k in losses else "" for k in
+            ("total", "mask", "aux", "presence", "box", "predict", "adv", "disc")] + [
+            f"{len(batch.images) / dt:.1f}"] + row_val)
+        log.flush()
+        if elapsed - last_ck >= float(tc.ckpt_every_minutes) * 60 or elapsed >= budget:
+            last_ck = elapsed
+            tmp = out / "last.pt.tmp"
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "disc": disc.state_dict() if disc else None, "opt_d": opt_d.state_dict() if opt_d else None,
+                        "step": step, "elapsed": elapsed, "best": best, "config": net_cfg.to_dict()}, tmp)
+            os.replace(tmp, last)
+    bar.close()
+    log.close()
+    if (out / "best.pt").is_file():
+        atomic_write_json(out / "best.json", {"sha256": file_sha256(out / "best.pt"), "best_val_mean_dice": best})
+    print(f"done: {step} steps, {elapsed / 60:.1f} min, best val mean Dice {best:.4f}; weights {out / 'best.pt'}")
+    return 0

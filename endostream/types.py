@@ -1,0 +1,48 @@
+"""Small dataclasses shared by every stage. Units are in the names (``_ns``, ``_ms``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One video frame as it travels producer -> consumer.
+
+    ``image`` is HxWx3 uint8 BGR (OpenCV order). ``stamps_ns`` holds per-stage
+    monotonic timestamps (``time.monotonic_ns``) keyed by stage name, e.g. ``grab``,
+    ``encode``, ``send``, ``receive``, ``decode``.
+    """
+
+    stream_id: int
+    seq: int
+    t_capture_ns: int
+    image: np.ndarray
+    modality: str = "colonoscopy"
+    stamps_ns: dict[str, int] = field(default_factory=dict)
+    gt_mask: np.ndarray | None = None  # HxW uint8 {0,255} when the source has ground truth
+
+
+@dataclass
+class Prediction:
+    """The segmenter's output for one frame, in the frame's own pixel grid.
+
+    ``prob``: HxW float32 in [0, 1]; ``mask``: HxW bool (prob > threshold, and zeroed when
+    the presence gate closes); ``presence``: polyp probability in [0, 1];
+    ``box``: (x0, y0, x1, y1) in frame pixels or None; ``stages_ns``: monotonic timestamps
+    taken at the segmenter's stage boundaries (``preprocess``, ``encoder``, ``step1``..,
+    ``postprocess``).
+    """
+
+    prob: np.ndarray
+    mask: np.ndarray
+    presence: float
+    box: tuple[int, int, int, int] | None
+    gated: bool = False
+    stages_ns: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def area_px(self) -> int:
+        return int(self.mask.sum())
