@@ -3,18 +3,95 @@ for the backend asked for, so the ONNX Runtime path runs without torch."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
+from endostream.fileutil import file_sha256
+from endostream.runtime.artifacts import check_artifacts, graph_paths
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver is loaded. Checked without importing torch (``auto`` on a CPU machine
+    must stay torch-free)."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ENDOSTREAM_CACHE", Path.home() / ".cache" / "endostream"))
+
+
+def resolve_graphs(weights: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """ONNX graphs for ``weights``: shipped beside it, else cached, else exported now (needs
+    torch) beside it or, if that folder is read-only, into the cache. Returns (paths, sidecar)."""
+    weights = Path(weights)
+    sha = file_sha256(weights)
+    side, reason = check_artifacts(weights, sha)
+    if side is not None:
+        return graph_paths(weights), side
+    cached = cache_dir() / "onnx" / sha[:16]
+    side, _ = check_artifacts(weights, sha, cached)
+    if side is not None:
+        return graph_paths(weights, cached), side
+    if not has_module("torch"):
+        raise RuntimeError(f"ONNX graphs for {weights} are unusable ({reason}) and torch is not installed "
+                           f"to export them: run `endostream export weights={weights}` where torch is")
+    from endostream.runtime.export import export_onnx
+
+    out = weights.parent if os.access(weights.parent, os.W_OK) else cached
+    side = export_onnx(weights, out)
+    return graph_paths(weights, out), side
+
+
+def auto_backend() -> tuple[str, str]:
+    """(backend, device) by preference: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU."""
+    if has_nvidia_gpu():
+        if has_module("tensorrt") and has_module("torch"):
+            return "tensorrt", "cuda"
+        from endostream.runtime.ort_backend import cuda_available
+
+        if cuda_available():
+            return "onnxruntime", "cuda"
+        if has_module("torch"):
+            import torch
+
+            if torch.cuda.is_available():
+                return "torch", "cuda"
+    return "onnxruntime", "cpu"
+
 
 def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: str = "cpu",
-                   model: Any = None) -> Any:
-    """Return a backend (see ``runtime.base.Backend``). ``model`` short-circuits loading for
-    the torch backend (training-time validation uses the live network)."""
+                   model: Any = None, **options: Any) -> Any:
+    """Return a backend (see ``runtime.base.Backend``).
+
+    ``auto`` ignores ``device`` (it picks the fastest present). ``model`` short-circuits loading
+    for the torch backend (training-time validation uses the live network). ``options`` go to
+    the backend: torch ``precision`` (fp32|fp16|bf16), ``cuda_graphs``, ``compile``; tensorrt
+    ``precision``, ``cuda_graphs``, ``max_batch``, ``engine_cache``.
+    """
+    if name == "auto":
+        name, device = auto_backend()
     if name == "torch":
         from endostream.model.io import load_weights
         from endostream.runtime.torch_backend import TorchBackend
 
         net = model if model is not None else load_weights(weights)[0]
-        return TorchBackend(net, device=device, threads=threads)
-    raise ValueError(f"unknown backend {name!r}; expected one of: torch")
+        return TorchBackend(net, device=device, threads=threads, **options)
+    if name == "onnxruntime":
+        from endostream.runtime.ort_backend import OrtBackend
+
+        paths, side = resolve_graphs(weights)
+        return OrtBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, device=device)
+    if name == "tensorrt":
+        from endostream.runtime.trt_backend import TensorRTBackend
+
+        paths, side = resolve_graphs(weights)
+        return TensorRTBackend(paths["encode"], paths["denoise"], side, device=device, **options)
+    raise ValueError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
