@@ -70,7 +70,7 @@ def clinicdb_rows(root: Path) -> list[tuple[int, int, Path, Path]]:
     return sorted(rows)
 
 
-def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0) -> Splits:
+def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val_only: bool = False) -> Splits:
     root = Path(data_root)
     if not (root / "kvasir-seg").is_dir():
         raise FileNotFoundError(f"no kvasir-seg under {root}: pass data.root=<path to shared/data>")
@@ -79,15 +79,21 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0) -> 
     ids = sorted(p.stem for p in (kv / "images").glob("*.jpg"))
     val_ids = set(np.random.default_rng(seed).permutation(ids)[:VAL_KVASIR_COUNT].tolist())
     for i in ids:
+        if val_only and i not in val_ids:
+            continue
         img, m = _load(kv / "images" / f"{i}.jpg", kv / "masks" / f"{i}.jpg", cache_size)
         s = Sample(i, "kvasir", img, m, original_path=str(kv / "images" / f"{i}.jpg"), mask_path=str(kv / "masks" / f"{i}.jpg"))
         (splits.val if i in val_ids else splits.train).append(s)
     for fid, seq, ip, mp in clinicdb_rows(root / "cvc-clinicdb"):
+        if val_only and seq not in VAL_CLINIC_SEQUENCES:
+            continue
         img, m = _load(ip, mp, cache_size)
         s = Sample(f"clinicdb_{fid}", "clinicdb", img, m, sequence=seq, original_path=str(ip), mask_path=str(mp))
         (splits.val if seq in VAL_CLINIC_SEQUENCES else splits.train).append(s)
     # Laparoscopic frames: real endoscopy without polyps, negatives for the presence head.
     # (The EndoVis clip is kept out: the laparoscopy demo streams it.)
+    if val_only:
+        return splits
     lap = root / "laparoscopy" / "cholec-instance-seg-sample"
     for p in sorted((lap / "images").glob("*.png")):
         img, m = _load(p, None, cache_size)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from endostream.metrics import dice_binary as dice
 from endostream.runtime.torch_backend import TorchBackend
 from endostream.segmenter import Segmenter
 from endostream.training.dataset import Sample, read_mask
@@ -27,13 +28,6 @@ def load_eval_items(samples: list[Sample]) -> list[EvalItem]:
         img = cv2.imread(s.original_path, cv2.IMREAD_COLOR)
         items.append(EvalItem(img, read_mask(s.mask_path), s.source, s.sequence))
     return items
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    inter = np.logical_and(pred, gt).sum()
-    total = pred.sum() + gt.sum()
-    return 1.0 if total == 0 else float(2 * inter / total)
 
 
 def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool = True,

@@ -1,0 +1,53 @@
+"""`endostream predict input=DIR output=DIR`: one 0/255 mask PNG per input image, at its size.
+
+Never deletes anything in the output folder. ``sequence=true`` streams the folder in natural
+order through one temporal memory (with warm start); the default treats images independently.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from endostream.fileutil import atomic_write_bytes
+from endostream.segmenter import load_segmenter
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder}")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=lambda p: natural_key(p.name))
+
+
+def run(cfg) -> int:
+    src, dst = Path(cfg.input), Path(cfg.output)
+    images = list_images(src)
+    if not images:
+        raise FileNotFoundError(f"no images (png/jpg/bmp/tif) in {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    seg = load_segmenter(**cfg.model)
+    failed = 0
+    for p in images:
+        if not cfg.sequence:
+            seg.reset()
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"predict: skipped unreadable image {p}", file=sys.stderr)
+            failed += 1
+            continue
+        mask = seg.segment(img).mask.astype(np.uint8) * 255
+        ok, png = cv2.imencode(".png", mask)
+        atomic_write_bytes(dst / f"{p.stem}.png", png.tobytes())
+    print(f"predict: {len(images) - failed} masks written to {dst}" + (f", {failed} unreadable" if failed else ""))
+    return 1 if failed else 0
