@@ -325,7 +325,8 @@ class LosslessSender(_Socket):
         super().__init__(zmq.DEALER, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.sock.sndhwm = window + 8
-        self.sock.immediate = True  # queue nothing for a consumer that is not there
+        # Not ZMQ_IMMEDIATE: with it, acks not yet read are discarded when the consumer
+        # disconnects (e.g. the final end-of-stream ack of a consumer that then exits).
         # Connection events tell us when a consumer (re)appears: resend what it may lack.
         self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._poller = zmq.Poller()
@@ -344,6 +345,7 @@ class LosslessSender(_Socket):
         self._last_progress = time.monotonic()
         self._last_sent = 0.0
         self._last_heard = 0.0
+        self._handshakes = 0
 
     @property
     def outstanding(self) -> int:
@@ -425,7 +427,8 @@ class LosslessSender(_Socket):
                     self._monitor.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-            if self._unacked:
+            self._handshakes += 1
+            if self._unacked and self._handshakes > 1:  # a reconnect, not the first contact
                 log.info("consumer connected: resending %d unacked messages", len(self._unacked))
                 self.stats.resent += len(self._unacked)
                 self._pending = deque(self._unacked)
@@ -495,7 +498,8 @@ class LosslessReceiver(_Receiver):
                  heartbeat_timeout_ms: int = 5000):
         super().__init__(zmq.ROUTER, endpoint, context=context, allow_remote=allow_remote,
                          security=security, max_width=max_width, max_height=max_height,
-                         max_streams=max_streams, log_every=log_every, linger_ms=0,
+                         max_streams=max_streams, log_every=log_every,
+                         linger_ms=1000,  # let the final acks (end-of-stream) leave on close
                          heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.sock.rcvhwm = 1000
