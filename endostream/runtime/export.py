@@ -9,6 +9,7 @@ reachable from either graph, so it is not exported.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,23 @@ def onnx_bytes(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: tuple[
     """TorchScript-based export (dynamo=False): needs no onnxscript and embeds the weights."""
     buf = io.BytesIO()
     axes = {name: {0: "batch"} for name in (*inputs, *outputs)}
-    torch.onnx.export(module.eval(), args, buf, input_names=list(inputs), output_names=list(outputs),
-                      dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose (module docstring)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module.eval(), args, buf, input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     return buf.getvalue()
+
+
+def stamp_shapes(model: Any, shapes: dict[str, list[Any]]) -> None:
+    """Write the documented I/O shapes into the graph: the TorchScript exporter leaves
+    generated names (e.g. ``Resizefeat_dim_2``) on spatial output dims it cannot infer."""
+    for vi in (*model.graph.input, *model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        for d, want in zip(dims, shapes[vi.name]):
+            if isinstance(want, str):
+                d.dim_param = want
+            else:
+                d.dim_value = int(want)
 
 
 def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
@@ -79,8 +94,10 @@ def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: i
     with torch.no_grad():
         for part, module, ins, outs in (("encode", EncodeGraph(net), ENCODE_INPUTS, ENCODE_OUTPUTS),
                                         ("denoise", DenoiseGraph(net), DENOISE_INPUTS, DENOISE_OUTPUTS)):
-            data = onnx_bytes(module, ex[part], ins, outs, opset)
-            onnx.checker.check_model(onnx.load_from_string(data))
+            model = onnx.load_from_string(onnx_bytes(module, ex[part], ins, outs, opset))
+            stamp_shapes(model, io_shapes(net.cfg.to_dict())[part])
+            onnx.checker.check_model(model, full_check=True)
+            data = model.SerializeToString()
             atomic_write_bytes(paths[part], data)
             graphs[part] = {"file": paths[part].name, "sha256": file_sha256(paths[part]),
                             "inputs": list(ins), "outputs": list(outs)}
