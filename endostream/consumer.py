@@ -167,7 +167,11 @@ class Inference:
         self._epoch.pop(stream_id, None)
         self.router.reset(stream_id)
 
-    def run(self, frame: Frame, epoch: int, newest_seq: int | None = None) -> MaskResult | None:
+    def run(self, frame: Frame, epoch: int, newest_seq: int | None = None,
+            picked_ns: int | None = None) -> MaskResult | None:
+        """Segment one frame. ``newest_seq`` / ``picked_ns`` (live): the newest seq the worker
+        had for this stream when it picked this frame, and when; recorded so a test can prove
+        that no older frame was ever processed."""
         sid = frame.stream_id
         if self._epoch.get(sid) != epoch:  # new stream or restarted producer: fresh memory
             if sid in self._epoch:
@@ -192,7 +196,8 @@ class Inference:
         if self.record is not None:
             self.record({"stream_id": sid, "epoch": epoch, "seq": frame.seq,
                          "newest_seq": frame.seq if newest_seq is None else newest_seq,
-                         "t_capture_ns": frame.t_capture_ns, "infer_start": t0,
+                         "t_capture_ns": frame.t_capture_ns, "picked": picked_ns or t0,
+                         "infer_start": t0,
                          **dict(frame.stamps_ns), **pred.stages_ns,
                          "presence": round(pred.presence, 4), "gated": int(pred.gated)})
         return MaskResult(sid, epoch, frame.seq, frame.t_capture_ns, pred,
@@ -214,6 +219,7 @@ class InferenceWorker:
         self.inference = inference
         self._cv = threading.Condition()
         self._pending: dict[int, tuple[Frame, int]] = {}
+        self._newest: dict[int, tuple[int, int]] = {}  # stream -> (epoch, newest seq submitted)
         self._latest: dict[int, MaskResult] = {}
         self._resets: set[int] = set()
         self._busy = False
@@ -224,6 +230,8 @@ class InferenceWorker:
     def submit(self, frame: Frame, epoch: int) -> None:
         with self._cv:
             self._pending[frame.stream_id] = (frame, epoch)
+            ep, seq = self._newest.get(frame.stream_id, (epoch, -1))
+            self._newest[frame.stream_id] = (epoch, frame.seq if ep != epoch else max(seq, frame.seq))
             self._cv.notify()
 
     def latest(self, stream_id: int) -> MaskResult | None:
@@ -235,6 +243,7 @@ class InferenceWorker:
         with self._cv:
             self._pending.pop(stream_id, None)
             self._latest.pop(stream_id, None)
+            self._newest.pop(stream_id, None)
             self._resets.add(stream_id)
             self._cv.notify()
 
@@ -259,17 +268,18 @@ class InferenceWorker:
                 if self._stop:
                     return
                 resets, self._resets = self._resets, set()
-                item = None
+                item, newest, picked_ns = None, None, 0
                 if self._pending:  # the stream whose frame waited longest goes first (fairness)
                     sid = min(self._pending, key=lambda s: self._pending[s][0].t_capture_ns)
                     item = self._pending.pop(sid)
+                    newest, picked_ns = self._newest[sid][1], time.monotonic_ns()
                 self._busy = item is not None
             for sid in resets:
                 self.inference.reset(sid)
             if item is None:
                 continue
             frame, epoch = item
-            result = self.inference.run(frame, epoch, newest_seq=frame.seq)
+            result = self.inference.run(frame, epoch, newest_seq=newest, picked_ns=picked_ns)
             with self._cv:
                 self._busy = False
                 if result is not None and frame.stream_id not in self._resets:
@@ -495,7 +505,7 @@ SHOWN_COLUMNS = ["stream_id", "epoch", "seq", "t_capture_ns", "grab", "encode", 
                  "decode", "infer_start", "preprocess", "encoder", "postprocess", "overlay", "sink",
                  "latency_ms", "mask_seq", "mask_age_ms", "paused", "dice"]
 INFER_COLUMNS = ["stream_id", "epoch", "seq", "newest_seq", "t_capture_ns", "receive", "decode",
-                 "infer_start", "preprocess", "encoder", "postprocess", "presence", "gated"]
+                 "picked", "infer_start", "preprocess", "encoder", "postprocess", "presence", "gated"]
 
 
 class Records:

@@ -1,0 +1,134 @@
+"""Shared helpers for tests that run real producer and consumer processes on loopback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Low thread counts: the suite must not fight a training job (or each other) for cores.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+CONSUME_FAST = ["model.threads=1", "log_level=INFO"]
+
+
+def free_endpoint() -> str:
+    """A tcp loopback endpoint on a port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def cli(command: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "endostream.cli", command, *overrides]
+
+
+class Proc:
+    """A child process whose stdout/stderr go to files (no pipe can fill up and block it)."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "w")
+        self.p = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise AssertionError(f"{self.log.name} did not finish in {timeout} s:\n{self.text()[-3000:]}")
+        finally:
+            self._fh.flush()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+@pytest.fixture
+def procs():
+    """Start processes with ``procs(args, log)``; every one still running is killed at the end."""
+    started: list[Proc] = []
+
+    def start(args: list[str], log: Path) -> Proc:
+        proc = Proc(args, log)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def wait_consumer_ready(proc: Proc, timeout: float = 60.0) -> None:
+    """The consumer logs 'consumer <mode> on <endpoint>' once its model is loaded and bound."""
+    wait_for(lambda: "consumer " in proc.text() and " on " in proc.text() or proc.p.poll() is not None,
+             timeout, "the consumer to start")
+    assert proc.p.poll() is None, f"consumer exited early:\n{proc.text()[-3000:]}"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def make_clip(path: Path, n: int, *, w: int = 160, h: int = 128, fps: int = 25) -> Path:
+    """An H.264 clip of ``n`` frames: a bright disc moving over a dark-red background."""
+    import av
+    import cv2
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.codec_context.options = {"preset": "ultrafast", "g": "10"}
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = (40, 40, 140)
+        cv2.circle(img, (int(w * (0.2 + 0.6 * i / max(n - 1, 1))), h // 2), h // 5, (120, 180, 230), -1)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+def count_video_frames(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
