@@ -30,9 +30,12 @@ class VideoJob:
         return asdict(self)
 
 
-def _is_sidecar(path: Path, stems: set[str]) -> bool:
-    """``clip_masks.mkv`` beside ``clip.mp4`` is ground truth, not a video to segment."""
-    return path.stem.endswith("_masks") and path.stem[: -len("_masks")] in stems
+def _is_sidecar(path: Path) -> bool:
+    """``clip_masks.mkv`` beside ``clip.mp4`` is its ground truth, not a video to segment."""
+    if not path.stem.endswith("_masks"):
+        return False
+    base = path.stem[: -len("_masks")]
+    return any((path.parent / (base + ext)).is_file() for ext in VIDEO_EXTS)
 
 
 def list_inputs(spec: str | Sequence[str]) -> list[str]:
@@ -46,14 +49,12 @@ def list_inputs(spec: str | Sequence[str]) -> list[str]:
     spec = str(spec)
     path = Path(spec)
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS]
-        stems = {p.stem for p in files}
-        files = [p for p in files if not _is_sidecar(p, stems)]
+        files = [p for p in path.iterdir()
+                 if p.is_file() and p.suffix.lower() in VIDEO_EXTS and not _is_sidecar(p)]
         return [str(p) for p in sorted(files, key=lambda p: natural_key(p.name))]
     if any(ch in spec for ch in "*?["):
-        hits = [Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-        stems = {p.stem for p in hits}
-        return sorted((str(p) for p in hits if not _is_sidecar(p, stems)), key=natural_key)
+        hits = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and not _is_sidecar(Path(p))]
+        return sorted(hits, key=natural_key)
     if path.is_file() and path.suffix.lower() not in VIDEO_EXTS:
         lines = (ln.strip() for ln in path.read_text().splitlines())
         return [str(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
