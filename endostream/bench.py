@@ -1,0 +1,214 @@
+"""`endostream bench`: run a scenario of the real pipeline, instrumented at every stage
+boundary, and write report.json, frames.csv, summary.md and plots into ``out``.
+
+Single run: ``endostream bench scenario=pipeline frames=300 out=out/bench``.
+Compare mode: ``compare.variants`` (name -> overrides of this config) run interleaved in
+``compare.rounds`` rounds (A B C, B C A, ...), so that machine noise (here: a training job on
+the same two cores) falls on every variant alike; ratios are to ``compare.baseline``.
+Schema and meaning of every field: docs/BENCH.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from endostream import bench_clock, bench_report
+from endostream.bench_scenarios import SCENARIOS, RunResult
+from endostream.bench_source import describe
+from endostream.bench_stats import analyze
+
+log = logging.getLogger(__name__)
+
+
+def _mark_warmup(result: RunResult, run: int, warmup: int) -> None:
+    """Tag each record with its run and whether it is one of its stream's first ``warmup``."""
+    for recs in (result.records, result.model_records):
+        seen: dict[int, int] = {}
+        for r in sorted(recs, key=lambda r: int(r["t_capture_ns"])):
+            seen[r["stream_id"]] = seen.get(r["stream_id"], 0) + 1
+            r["run"], r["warmup"] = run, seen[r["stream_id"]] <= warmup
+
+
+def _variant_cfg(cfg: Any, overrides: Any) -> Any:
+    """A variant is a mapping merged into the config ({model: {steps: 1}}, easy to write on a
+    command line) or a list of "key=value" strings (easy in a YAML file)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_dict(overrides) or isinstance(overrides, dict):
+        patch = OmegaConf.create(OmegaConf.to_container(overrides) if OmegaConf.is_dict(overrides) else overrides)
+    else:
+        patch = OmegaConf.from_dotlist([str(o) for o in overrides or []])
+    c = OmegaConf.merge(cfg, patch)
+    OmegaConf.set_struct(c, False)
+    return c
+
+
+def _summarize_runs(runs: list[RunResult], live: bool) -> dict[str, Any]:
+    """Merge a variant's runs (records tagged) and compute its statistics."""
+    first = runs[0]
+    recs = [r for run in runs for r in run.records if not r["warmup"]]
+    mrecs = [r for run in runs for r in run.model_records if not r["warmup"]]
+    a = analyze(recs, end=first.end, warmup=0, model_records=mrecs, live=live)
+    sent = sum(r.frames_sent for r in runs)
+    processed = sum(r.frames_processed for r in runs)
+    shown = None if first.frames_shown is None else sum(r.frames_shown or 0 for r in runs)
+    a.update(frames_sent=sent, frames_processed=processed, frames_dropped=max(0, sent - processed),
+             frames_shown=shown)
+    return a
+
+
+def _clock(cfg: Any) -> dict[str, Any]:
+    """Same host: shared monotonic clock. With ``clock.peer``: ping a `scenario=clock_server`."""
+    peer = cfg.clock.get("peer")
+    if not peer:
+        return bench_clock.same_host()
+    import zmq
+
+    with zmq.Context() as ctx, ctx.socket(zmq.REQ) as s:
+        s.linger = 0
+        s.connect(str(peer))
+        est = bench_clock.ping(s, int(cfg.clock.pings))
+    return {"method": f"ping exchange with {peer}, min round trip", **est.as_dict()}
+
+
+def _serve_clock(cfg: Any) -> int:
+    import zmq
+
+    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
+        s.bind(str(cfg.clock.bind))
+        print(f"clock server on {cfg.clock.bind}: answering {cfg.clock.pings} pings")
+        n = bench_clock.serve_pings(s, int(cfg.clock.pings), timeout_ms=60_000)
+    print(f"answered {n} pings")
+    return 0
+
+
+def _plan(cfg: Any) -> tuple[dict[str, Any], str, int]:
+    """Variant name -> config, the baseline name, and the number of rounds."""
+    variants = dict(cfg.compare.variants or {})
+    if not variants:
+        return {"run": cfg}, "run", 1
+    cfgs = {name: _variant_cfg(cfg, ov) for name, ov in variants.items()}
+    baseline = str(cfg.compare.baseline or next(iter(cfgs)))
+    if baseline not in cfgs:
+        raise ValueError(f"compare.baseline={baseline!r} is not one of the variants {list(cfgs)}")
+    rounds = max(1, int(cfg.compare.rounds))
+    for c in cfgs.values():  # each round runs a share of the frames
+        c.frames = max(int(c.frames) // rounds, int(c.warmup) + 10)
+    return cfgs, baseline, rounds
+
+
+def _report(cfg: Any, name: str, runs: list[RunResult],
+            summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from omegaconf import OmegaConf
+
+    first = runs[0]
+    info = first.info
+    series = summary.pop("series")
+    rep = {"scenario": first.scenario, "mode": first.mode, "variant": name,
+           "frames_requested": int(cfg.frames), "warmup": int(cfg.warmup),
+           "producers": int(cfg.producers), "codec": str(cfg.codec), "pace": str(cfg.pace),
+           "infer_delay_ms": float(cfg.infer_delay_ms),
+           **{k: summary[k] for k in ("frames_sent", "frames_processed", "frames_dropped",
+                                      "frames_shown", "fps")},
+           "end_to_end": summary["end_to_end"], "end_boundary": first.end,
+           "stages": summary["stages"],
+           **{k: summary[k] for k in ("model_stages", "mask_end_to_end", "model_fps") if k in summary},
+           "trend": summary["trend"],
+           "no_backlog_growth": (summary["trend"] or {}).get("no_backlog_growth"),
+           "consistency": summary["consistency"],
+           "weights_sha256": info.get("weights_sha256"), "backend": info.get("backend"),
+           "steps": info.get("steps"), "trained": info.get("trained"),
+           "source": describe(OmegaConf.to_container(cfg.source, resolve=True),
+                              OmegaConf.to_container(cfg.synthetic, resolve=True)),
+           "consumer": info.get("consumer_summary")}
+    return rep, series
+
+
+def run(cfg: Any) -> int:
+    """Run the scenario (or the compare plan) and write the outputs. Returns 0."""
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    OmegaConf.set_struct(cfg, False)
+    if cfg.scenario == "clock_server":
+        return _serve_clock(cfg)
+    if cfg.scenario not in SCENARIOS:
+        raise ValueError(f"scenario={cfg.scenario!r}; expected one of {sorted(SCENARIOS)} or clock_server")
+    if cfg.scenario == "multi" and int(cfg.producers) < 2:
+        cfg.producers = int(cfg.multi_producers)
+    if cfg.scenario == "model":
+        cfg.producers = 1
+    out = Path(str(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs, baseline, rounds = _plan(cfg)
+    names = list(cfgs)
+    total = sum(int(c.frames) * int(c.producers) for c in cfgs.values()) * rounds
+    t0 = time.monotonic()
+    runs: dict[str, list[RunResult]] = {n: [] for n in names}
+    with tqdm(total=total, desc=f"bench {cfg.scenario}", unit="frame", file=sys.stderr,
+              disable=not cfg.progress) as bar:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+                c = cfgs[name]
+                bar.set_postfix_str(name if len(names) > 1 else str(c.mode))
+                res = SCENARIOS[str(c.scenario)](c, bar.update)
+                for rec in res.records + res.model_records:
+                    rec["variant"] = name
+                _mark_warmup(res, r, int(c.warmup))
+                runs[name].append(res)
+    reports, series = {}, {}
+    for name in names:
+        live = runs[name][0].mode == "live"
+        reports[name], series[name] = _report(cfgs[name], name, runs[name],
+                                              _summarize_runs(runs[name], live))
+    report = dict(reports[baseline])
+    if len(names) > 1:
+        b = reports[baseline]
+        report["compare"] = {"baseline": baseline, "rounds": rounds, "variants": {
+            n: {**v, "ratios": _ratios(v, b)} for n, v in reports.items()}}
+        report["compare"]["overrides"] = OmegaConf.to_container(cfg.compare.variants, resolve=True)
+    report.update(clock=_clock(cfg), machine=bench_report.machine(),
+                  elapsed_s=round(time.monotonic() - t0, 2),
+                  config=OmegaConf.to_container(cfg, resolve=True))
+    all_records = [rec for n in names for res in runs[n] for rec in res.records]
+    order = sorted({b for rec in all_records for b in rec["stamps_ns"]},
+                   key=lambda b: _order_index(b))
+    bench_report.write_csv(out / "frames.csv", all_records, order, runs[baseline][0].end)
+    model_records = [rec for n in names for res in runs[n] for rec in res.model_records]
+    if model_records:
+        morder = sorted({b for rec in model_records for b in rec["stamps_ns"]
+                         if b not in ("overlay", "sink")}, key=_order_index)
+        bench_report.write_csv(out / "inference.csv", model_records, morder, "postprocess")
+    report["files"] = ["report.json", "frames.csv", "summary.md",
+                       *bench_report.plot_all(out, series)] + (["inference.csv"] if model_records else [])
+    (out / "summary.md").write_text(bench_report.summary_md(report))
+    bench_report.write_json(out / "report.json", report)
+    e = report["end_to_end"]
+    print(f"bench {report['scenario']} ({report['mode']}): sent {report['frames_sent']} processed "
+          f"{report['frames_processed']} dropped {report['frames_dropped']} fps {report['fps']}; "
+          f"end to end p50 {e['p50_ms']} p95 {e['p95_ms']} p99 {e['p99_ms']} max {e['max_ms']} ms"
+          f" -> {out / 'report.json'}")
+    return 0
+
+
+def _order_index(boundary: str) -> tuple[int, int]:
+    from endostream.bench_stats import BOUNDARIES
+
+    if boundary.startswith("step") and boundary[4:].isdigit():
+        return BOUNDARIES.index("step*"), int(boundary[4:])
+    return (BOUNDARIES.index(boundary), 0) if boundary in BOUNDARIES else (len(BOUNDARIES), 0)
+
+
+def _ratios(v: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+    """variant / baseline for end-to-end p50, p99 and fps (lower latency ratio = faster)."""
+    def ratio(x: float | None, y: float | None) -> float | None:
+        return round(x / y, 3) if x is not None and y else None
+
+    return {"p50": ratio(v["end_to_end"]["p50_ms"], b["end_to_end"]["p50_ms"]),
+            "p99": ratio(v["end_to_end"]["p99_ms"], b["end_to_end"]["p99_ms"]),
+            "fps": ratio(v["fps"], b["fps"])}

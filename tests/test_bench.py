@@ -1,0 +1,187 @@
+"""endostream bench: statistics on known arrays, the clock-offset estimator, and short real
+runs (real sockets, producer processes, the shipped weights on ONNX Runtime, one thread)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from endostream import bench_clock
+from endostream.bench_stats import (backlog_check, end_to_end_ms, skip_warmup, stage_durations,
+                                    stage_order, summarize)
+from endostream.cli import main
+
+REQUIRED = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+FAST = ["model.backend=onnxruntime", "model.threads=1", "progress=false", "warmup=5"]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_summarize_known_array():
+    s = summarize(np.arange(1, 101, dtype=float))  # 1..100 ms
+    assert s["count"] == 100 and s["min_ms"] == 1 and s["max_ms"] == 100
+    assert s["mean_ms"] == pytest.approx(50.5)
+    assert s["p50_ms"] == pytest.approx(50.5)  # linear interpolation
+    assert s["p90_ms"] == pytest.approx(90.1) and s["p10_ms"] == pytest.approx(10.9)
+    assert s["p95_ms"] == pytest.approx(95.05) and s["p99_ms"] == pytest.approx(99.01)
+    assert s["p999_ms"] == pytest.approx(99.901)
+    assert s["tail_ms"] == pytest.approx(100 - 95.05)
+    assert s["flatness_ms"] == pytest.approx(90.1 - 10.9)
+    assert s["std_ms"] == pytest.approx(np.arange(1, 101).std(), abs=1e-3)
+
+
+def test_summarize_single_outlier_shows_in_tail_not_flatness():
+    s = summarize([10.0] * 99 + [500.0])
+    assert s["p50_ms"] == 10 and s["flatness_ms"] == 0
+    assert s["max_ms"] == 500 and s["tail_ms"] == pytest.approx(490)
+
+
+def test_summarize_empty_and_nan():
+    assert summarize([])["count"] == 0 and summarize([])["p50_ms"] is None
+    assert summarize([1.0, float("nan"), 3.0])["count"] == 2
+
+
+def test_skip_warmup_is_per_stream():
+    recs = [{"stream_id": sid, "seq": i} for i in range(5) for sid in (0, 1)]
+    kept = skip_warmup(recs, 2)
+    assert sorted((r["stream_id"], r["seq"]) for r in kept) == [(s, i) for s in (0, 1) for i in (2, 3, 4)]
+    assert skip_warmup(recs, 0) == recs
+
+
+def test_stages_tile_the_timeline():
+    stamps = {"grab": 0, "encode": 1_000_000, "send": 1_500_000, "receive": 3_500_000,
+              "decode": 4_000_000, "preprocess": 6_000_000, "encoder": 16_000_000,
+              "step2": 22_000_000, "step1": 19_000_000, "postprocess": 23_000_000,
+              "overlay": 25_000_000, "sink": 30_000_000}
+    rec = {"stream_id": 0, "seq": 0, "t_capture_ns": 0, "stamps_ns": stamps}
+    order = stage_order([rec])
+    assert order == ["grab", "encode", "send", "receive", "decode", "preprocess", "encoder",
+                     "step1", "step2", "postprocess", "overlay", "sink"]
+    d = stage_durations(stamps, order)
+    assert d["receive"] == 2.0 and d["step1"] == 3.0 and d["step2"] == 3.0 and d["sink"] == 5.0
+    assert sum(d.values()) == pytest.approx(end_to_end_ms(rec)) == pytest.approx(30.0)
+
+
+def test_backlog_check_flat_vs_growing():
+    rng = np.random.default_rng(0)
+    t = np.arange(300) / 30.0
+    flat = 30 + rng.normal(0, 2, t.size)
+    assert backlog_check(t, flat)["no_backlog_growth"] is True
+    growing = 30 + 20 * t + rng.normal(0, 2, t.size)  # a queue growing 20 ms per second
+    g = backlog_check(t, growing)
+    assert g["no_backlog_growth"] is False and g["slope_ms_per_s"] == pytest.approx(20, rel=0.1)
+    assert backlog_check(t[:3], flat[:3])["no_backlog_growth"] is None
+
+
+# ----------------------------------------------------------------------------- clock offset
+
+
+def test_clock_offset_estimator_known_offset():
+    rng = random.Random(1)
+    offset = 7_250_000  # server clock is 7.25 ms ahead
+    samples = []
+    t = 1_000_000_000
+    for _ in range(200):
+        up = 60_000 + int(rng.expovariate(1 / 400_000))  # one-way trips with queueing noise
+        down = 60_000 + int(rng.expovariate(1 / 400_000))
+        t1 = t + up + offset
+        t2 = t1 + 20_000
+        samples.append((t, t1, t2, t2 - offset + down))
+        t += 10_000_000
+    est = bench_clock.estimate_offset(samples)
+    assert abs(est.offset_ns - offset) <= est.uncertainty_ns
+    assert est.min_rtt_ns >= 120_000 and est.uncertainty_ns == pytest.approx(est.min_rtt_ns / 2, abs=1)
+    assert est.uncertainty_ns < 300_000  # min-RTT filtering beats the mean queueing (800 us)
+    with pytest.raises(ValueError):
+        bench_clock.estimate_offset([])
+
+
+def test_clock_ping_over_loopback_is_zero_within_bound():
+    """One host shares the monotonic clock: the measured offset must be 0 within its bound."""
+    import threading
+
+    ctx = zmq.Context()
+    rep, req = ctx.socket(zmq.REP), ctx.socket(zmq.REQ)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    req.connect(f"tcp://127.0.0.1:{port}")
+    th = threading.Thread(target=bench_clock.serve_pings, args=(rep, 20, 5000))
+    th.start()
+    try:
+        est = bench_clock.ping(req, 20)
+    finally:
+        th.join()
+        req.close(0)
+        rep.close(0)
+        ctx.term()
+    assert abs(est.offset_ns) <= est.uncertainty_ns + 1 and est.samples == 20
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def _bench(out: Path, *overrides: str) -> dict:
+    assert main(["bench", f"out={out}", *FAST, *overrides]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("bench_pipeline")
+    return out, _bench(out, "scenario=pipeline", "frames=50")
+
+
+def test_pipeline_report_has_required_keys_plots_and_csv(pipeline_run):
+    out, r = pipeline_run
+    for key in ("frames_sent", "frames_processed", "frames_dropped", "fps", "end_to_end", "stages",
+                "weights_sha256", "backend", "steps", "machine", "clock", "trend"):
+        assert key in r, key
+    assert r["frames_sent"] == 50 and r["frames_processed"] > 0 and r["fps"] > 0
+    assert all(r["end_to_end"][k] is not None for k in REQUIRED)
+    for name in ("encode", "send", "receive", "decode", "overlay", "sink"):
+        assert all(r["stages"][name][k] is not None for k in REQUIRED), name
+    for name in ("preprocess", "encoder", "step1", "step2", "postprocess"):  # the model branch (live)
+        assert r["model_stages"][name]["count"] > 0, name
+    assert r["backend"] == "onnxruntime" and r["steps"] == 2 and len(r["weights_sha256"]) == 64
+    assert r["machine"]["cores"] >= 1 and "numpy" in r["machine"]["packages"]
+    for f in ("latency_cdf.png", "latency_over_time.png", "stage_breakdown.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    rows = list(csv.DictReader(open(out / "frames.csv")))
+    assert rows and {"end_to_end_ms", "sink_ms", "grab_ns", "sink_ns", "warmup"} <= set(rows[0])
+    assert (out / "summary.md").read_text().startswith("# endostream bench")
+
+
+def test_stage_medians_add_up_to_end_to_end(pipeline_run):
+    _, r = pipeline_run
+    c = r["consistency"]
+    assert 0.5 <= c["ratio"] <= 1.5, c  # medians of skewed parts: roughly
+    assert c["stage_mean_sum_ms"] == pytest.approx(c["end_to_end_mean_ms"], rel=0.01, abs=0.05)  # means: exactly
+
+
+def test_slow_consumer_drops_in_live_none_in_lossless(tmp_path):
+    live = _bench(tmp_path / "live", "frames=40", "infer_delay_ms=150", "sinks=[none]")
+    assert live["frames_dropped"] > 0 and live["frames_processed"] < live["frames_sent"]
+    lossless = _bench(tmp_path / "lossless", "frames=40", "infer_delay_ms=150", "sinks=[none]",
+                      "mode=lossless", "pace=fast")
+    assert lossless["frames_dropped"] == 0
+    assert lossless["frames_processed"] == lossless["frames_sent"] == 40
+    # lossless runs every frame through the model inline: its stages are on the end-to-end path
+    assert lossless["stages"]["encoder"]["count"] == 40 - 5
+
+
+def test_transport_and_compare_synthetic(tmp_path):
+    r = _bench(tmp_path, "scenario=transport", "source.uri=synthetic", "synthetic.width=320",
+               "synthetic.height=240", "pace=fast", "frames=60", "compare.rounds=2",
+               "compare.variants={raw:{codec:raw},jpeg:{codec:jpeg}}", "compare.baseline=raw")
+    assert r["end_boundary"] == "decode" and r["stages"]["receive"]["count"] > 0
+    cmp = r["compare"]
+    assert set(cmp["variants"]) == {"raw", "jpeg"} and cmp["variants"]["raw"]["ratios"]["p50"] == 1.0
+    assert cmp["variants"]["jpeg"]["codec"] == "jpeg"
+    variants = {row["variant"] for row in csv.DictReader(open(tmp_path / "frames.csv"))}
+    assert variants == {"raw", "jpeg"}
