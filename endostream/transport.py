@@ -369,6 +369,16 @@ class LosslessSender(_Socket):
                                   jpeg_quality=self.jpeg_quality, send_mask=self.send_mask)
         self._queue(frame.stream_id, frame.seq, parts)
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until ``send`` would not block (the window has room); False on timeout.
+        A producer that grabs frames on demand calls this before grabbing, so waiting for
+        the consumer does not count as the frame's latency."""
+        try:
+            self._wait(lambda: len(self._unacked) < self.window, timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     def end_stream(self, stream_id: int, timeout_s: float | None = None) -> bool:
         """Send end-of-stream (acked like a frame) and wait until everything is acked."""
         seq = self._next_seq.get(stream_id, 0)
