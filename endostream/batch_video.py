@@ -155,7 +155,6 @@ class BatchWorker:
                 "actor_id": self.actor_id}
 
     def _segment_video(self, job: VideoJob, folder: Path, counter: _Progress) -> dict[str, Any]:
-        from endostream.metrics import VideoMetrics
         from endostream.overlay import HudInfo, draw_overlay
         from endostream.sinks import MaskSink, VideoSink
         from endostream.sources import open_source
@@ -167,7 +166,7 @@ class BatchWorker:
         video = VideoSink(str(folder / "overlay.mp4"), fps=fps, crf=opts.crf)
         masks = MaskSink(str(folder / "masks")) if opts.mask_pngs else None
         mask_video = MaskVideoWriter(folder / "masks.mkv", fps) if opts.mask_video else None
-        metrics = VideoMetrics()
+        metrics = None  # imported on the first ground-truth frame: scipy's import costs seconds
         present = 0
         self.seg.reset(STREAM_ID)
         t0 = time.perf_counter()
@@ -184,6 +183,10 @@ class BatchWorker:
                     if mask_video is not None:
                         mask_video.write(pred.mask)
                     if frame.gt_mask is not None:
+                        if metrics is None:
+                            from endostream.metrics import VideoMetrics
+
+                            metrics = VideoMetrics()
                         metrics.add(job.name, pred.prob, frame.gt_mask)
                     present += not pred.gated
                     box = pred.box or ("", "", "", "")
@@ -204,7 +207,7 @@ class BatchWorker:
             "outputs": ["overlay.mp4", "detections.csv", "summary.json"]
                        + (["masks/"] if masks is not None else []) + (["masks.mkv"] if mask_video else []),
         }
-        if metrics.frames:
+        if metrics is not None and metrics.frames:
             out["metrics"] = {k: v for k, v in metrics.summary().items() if k != "sequences"}
         return out
 
