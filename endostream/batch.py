@@ -56,6 +56,9 @@ def run(cfg: DictConfig) -> int:
 
     from endostream.batch_report import print_table
 
+    for key in ("input", "output"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ValueError(f"{key}= is required: endostream batch input=<folder|glob|list> output=<folder>")
     out_root = Path(cfg.output).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input),
