@@ -172,6 +172,7 @@ class LiveSender(_Socket):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
+        self.sock.linger = int(wait_s * 1000)  # linger 0 would discard the queued end-of-stream on close
         return True
 
 
