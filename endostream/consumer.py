@@ -785,6 +785,8 @@ class Consumer:
             "steps": main.get("steps"),
             "trained": main.get("trained"),
             "models": infos,
+            "hud_note": " | ".join(n for n in ("" if self.default_trained else "UNTRAINED WEIGHTS",
+                                              self.opt.note) if n),
             "streams": {str(sid): {"epoch_restarts": s.restarts, "ended": s.ended,
                                    "last_seq": s.last_seq, "gaps": s.gaps[-20:]}
                         for sid, s in tel.streams.items()},
