@@ -29,11 +29,12 @@ class Segmenter:
     frame from the previous mask noised to timestep ``warm_start_t`` instead of pure noise,
     running ``warm_steps`` steps from there. ``use_temporal=False`` never fills the memory
     (the no-temporal ablation). ``presence_threshold`` gates the mask: below it, no mask.
+    ``fov=False`` skips the field-of-view crop (for sources without a black border).
     """
 
     def __init__(self, backend: Any, *, steps: int = 2, warm_start: bool = True, warm_start_t: int = 499,
                  warm_steps: int | None = None, presence_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 use_temporal: bool = True, info: dict[str, Any] | None = None) -> None:
+                 use_temporal: bool = True, fov: bool = True, info: dict[str, Any] | None = None) -> None:
         cfg = backend.config
         self.backend = backend
         self.steps = int(steps)
@@ -45,6 +46,7 @@ class Segmenter:
         self.presence_threshold = float(presence_threshold)
         self.mask_threshold = float(mask_threshold)
         self.use_temporal = bool(use_temporal)
+        self.fov = bool(fov)
         self.input_size = int(cfg["input_size"])
         self.grid = self.input_size // 4
         self.scheduler = MaskScheduler(int(cfg["num_train_steps"]), float(cfg["mask_scale"]))
@@ -71,7 +73,8 @@ class Segmenter:
             raise ValueError(f"expected an HxWx3 uint8 image, got {image_bgr.shape} {image_bgr.dtype}")
         stamps: dict[str, int] = {}
         st = self.state(stream_id)
-        fov = find_fov(image_bgr)
+        h, w = image_bgr.shape[:2]
+        fov = find_fov(image_bgr) if self.fov else (0, 0, w, h)
         x = to_input(image_bgr, self.input_size, fov)
         stamps["preprocess"] = time.monotonic_ns()
 
@@ -85,7 +88,6 @@ class Segmenter:
         else:
             st.prev_prob = prob_small
 
-        h, w = image_bgr.shape[:2]
         prob = paste_prob(prob_small[0, 0], (h, w), fov)
         gated = presence < self.presence_threshold
         mask = np.zeros((h, w), bool) if gated else prob > self.mask_threshold
@@ -134,19 +136,21 @@ def read_weights_info(weights: str | Path) -> dict[str, Any]:
 def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", steps: int = 2,
                    warm_start: bool = True, warm_start_t: int = 499, warm_steps: int | None = None,
                    threads: int = 2, device: str = "cpu", presence_threshold: float = 0.5,
-                   mask_threshold: float = 0.5, use_temporal: bool = True, **_ignored: Any) -> Segmenter:
+                   mask_threshold: float = 0.5, use_temporal: bool = True, fov: bool = True,
+                   backend_options: dict[str, Any] | None = None) -> Segmenter:
     """Build a Segmenter from shipped weights with the named backend (``auto`` picks the fastest
-    available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU)."""
+    available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU). ``backend_options``
+    go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...)."""
     from endostream.runtime.registry import create_backend
 
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    side = read_weights_info(path)
-    be = create_backend(backend, path, threads=threads, device=device)
+    be = create_backend(backend, path, threads=threads, device=device, **dict(backend_options or {}))
+    side = read_weights_info(path)  # after the backend: a first use may have just written it
     meta = side.get("meta", {})
     info = {"weights": str(path), "weights_sha256": file_sha256(path),
             "trained": bool(meta.get("trained", False))}
     return Segmenter(be, steps=steps, warm_start=warm_start, warm_start_t=warm_start_t, warm_steps=warm_steps,
                      presence_threshold=presence_threshold, mask_threshold=mask_threshold,
-                     use_temporal=use_temporal, info=info)
+                     use_temporal=use_temporal, fov=fov, info=info)
