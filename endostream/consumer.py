@@ -403,7 +403,7 @@ class StreamInfo:
     last_seq: int = -1
     ended: bool = False
     restarts: int = 0
-    gaps: list[dict[str, Any]] = field(default_factory=list)
+    gaps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))  # the last 20
     last_seen: float = field(default_factory=time.monotonic)
 
 
@@ -788,7 +788,7 @@ class Consumer:
             "hud_note": " | ".join(n for n in ("" if self.default_trained else "UNTRAINED WEIGHTS",
                                               self.opt.note) if n),
             "streams": {str(sid): {"epoch_restarts": s.restarts, "ended": s.ended,
-                                   "last_seq": s.last_seq, "gaps": s.gaps[-20:]}
+                                   "last_seq": s.last_seq, "gaps": list(s.gaps)}
                         for sid, s in tel.streams.items()},
             "sink_errors": self.sinks.errors(),
             "elapsed_s": round(time.monotonic() - self._t_start, 2),
