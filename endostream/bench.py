@@ -24,13 +24,25 @@ from endostream.bench_stats import analyze
 log = logging.getLogger(__name__)
 
 
+def model_warmup(warmup: int, processed: int) -> int:
+    """The live model branch runs on fewer frames than the display path (only the newest), so
+    a short run may segment fewer frames than ``warmup``: it gets min(warmup, processed // 5)."""
+    return min(int(warmup), max(0, int(processed)) // 5)
+
+
 def _mark_warmup(result: RunResult, run: int, warmup: int) -> None:
-    """Tag each record with its run and whether it is one of its stream's first ``warmup``."""
-    for recs in (result.records, result.model_records):
+    """Tag each record with its run and whether it is one of its stream's first warm-up frames
+    (``warmup`` on the end-to-end path; the model branch: :func:`model_warmup` per stream)."""
+    counts: dict[int, int] = {}
+    for r in result.model_records:
+        counts[r["stream_id"]] = counts.get(r["stream_id"], 0) + 1
+    result.info["model_warmup"] = {sid: model_warmup(warmup, n) for sid, n in sorted(counts.items())}
+    for recs, limit in ((result.records, lambda sid: warmup),
+                        (result.model_records, lambda sid: result.info["model_warmup"][sid])):
         seen: dict[int, int] = {}
         for r in sorted(recs, key=lambda r: int(r["t_capture_ns"])):
             seen[r["stream_id"]] = seen.get(r["stream_id"], 0) + 1
-            r["run"], r["warmup"] = run, seen[r["stream_id"]] <= warmup
+            r["run"], r["warmup"] = run, seen[r["stream_id"]] <= limit(r["stream_id"])
 
 
 def _variant_cfg(cfg: Any, overrides: Any) -> Any:
@@ -110,6 +122,8 @@ def _report(cfg: Any, name: str, runs: list[RunResult],
     series = summary.pop("series")
     rep = {"scenario": first.scenario, "mode": first.mode, "variant": name,
            "frames_requested": int(cfg.frames), "warmup": int(cfg.warmup),
+           **({"model_warmup": min((w for r in runs for w in r.info.get("model_warmup", {}).values()),
+                                   default=int(cfg.warmup))} if first.model_records else {}),
            "producers": int(cfg.producers), "codec": str(cfg.codec), "pace": str(cfg.pace),
            "infer_delay_ms": float(cfg.infer_delay_ms),
            **{k: summary[k] for k in ("frames_sent", "frames_processed", "frames_dropped",

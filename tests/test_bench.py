@@ -185,3 +185,26 @@ def test_transport_and_compare_synthetic(tmp_path):
     assert cmp["variants"]["jpeg"]["codec"] == "jpeg"
     variants = {row["variant"] for row in csv.DictReader(open(tmp_path / "frames.csv"))}
     assert variants == {"raw", "jpeg"}
+
+
+def test_model_branch_gets_its_own_smaller_warmup():
+    """A short live run segments fewer frames than ``warmup``: the model branch must still be
+    reported (its warm-up is min(warmup, processed // 5)), not silently left out."""
+    from endostream.bench import _mark_warmup, _summarize_runs, model_warmup
+    from endostream.bench_scenarios import RunResult
+
+    def rec(seq, t_ms, stamps):
+        return {"stream_id": 0, "seq": seq, "t_capture_ns": int(t_ms * 1e6),
+                "stamps_ns": {k: int((t_ms + v) * 1e6) for k, v in stamps.items()},
+                "extra": {"mask_seq": (seq // 4) * 4}}
+
+    shown = [rec(i, i * 40, {"grab": 0, "decode": 2, "overlay": 4, "sink": 6}) for i in range(40)]
+    model = [rec(i, i * 40, {"decode": 2, "infer_start": 3, "preprocess": 5, "encoder": 20,
+                             "postprocess": 30}) for i in range(0, 40, 4)]  # 10 model frames < warmup
+    res = RunResult("pipeline", "live", "sink", shown, 40, len(model), 40, model_records=model)
+    _mark_warmup(res, 0, 20)
+    assert model_warmup(20, 10) == 2 and model_warmup(20, 500) == 20 and model_warmup(20, 3) == 0
+    assert sum(r["warmup"] for r in model) == 2 and sum(r["warmup"] for r in shown) == 20
+    a = _summarize_runs([res], live=True)
+    assert a["model_stages"]["encoder"]["count"] == 8
+    assert a["mask_end_to_end"]["count"] > 0
