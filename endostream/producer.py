@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 
 
 def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *,
-                 pace_fps: float | None = None, drain_timeout_s: float = 60.0) -> dict:
+                 pace_fps: float | None = None, drain_timeout_s: float = 60.0,
+                 eos_wait_s: float = 5.0) -> dict:
     """Send every frame, then end each stream. Returns counts and rates.
 
     ``pace_fps``: sleep to this rate (for sources that are not paced themselves); frames
     are due at t0 + i / fps, so a late frame does not shift all later ones.
     ``drain_timeout_s``: lossless: how long one frame or the final acknowledgement may wait
     for the consumer before TimeoutError.
+    ``eos_wait_s``: live: how long end-of-stream is retried while the send queue is full (a
+    slow consumer of large frames); then it is given up with a warning.
     """
     lossless = isinstance(sender, LosslessSender)
     streams: set[int] = set()
@@ -46,8 +49,9 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
             if not sender.end_stream(sid, timeout_s=drain_timeout_s):
                 raise TimeoutError(f"consumer did not acknowledge stream {sid} within "
                                    f"{drain_timeout_s:.0f} s ({sender.outstanding} outstanding)")
-        else:
-            sender.end_stream(sid)
+        elif not sender.end_stream(sid, wait_s=eos_wait_s):
+            log.warning("stream %d: end-of-stream refused by the full send queue for %.1f s; "
+                        "the consumer will stop on its idle timeout", sid, eos_wait_s)
     seconds = time.monotonic() - t0
     st = sender.stats
     return {"frames": n, "frames_sent": n if lossless else st.sent,
