@@ -151,8 +151,12 @@ def run(cfg: Any) -> int:
     OmegaConf.set_struct(cfg, False)
     if cfg.scenario == "clock_server":
         return _serve_clock(cfg)
+    if cfg.scenario == "soak":
+        from endostream import bench_soak
+
+        return bench_soak.run(cfg)
     if cfg.scenario not in SCENARIOS:
-        raise ValueError(f"scenario={cfg.scenario!r}; expected one of {sorted(SCENARIOS)} or clock_server")
+        raise ValueError(f"scenario={cfg.scenario!r}; expected one of {sorted(SCENARIOS)}, soak or clock_server")
     if cfg.scenario == "multi" and int(cfg.producers) < 2:
         cfg.producers = int(cfg.multi_producers)
     if cfg.scenario == "model":

@@ -12,6 +12,7 @@ consumer's GIL nor its clock problems (``time.monotonic_ns`` is one system-wide 
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import shutil
 import socket
@@ -70,6 +71,9 @@ def _producer_main(args: dict[str, Any], results: Any) -> None:
     try:
         frames = open_frames(args["source"], args["synthetic"], count=args["count"],
                              pace=args["pace"], stream_id=args["stream_id"])
+        if args.get("duration_s"):  # soak: stream for a time instead of a count
+            deadline = time.monotonic() + float(args["duration_s"])
+            frames = itertools.takewhile(lambda _: time.monotonic() < deadline, frames)
         with open_sender(args["transport"], codec=args["codec"],
                          jpeg_quality=args["jpeg_quality"]) as sender:
             time.sleep(args["connect_wait_s"])  # PUB/SUB: frames before the subscription are lost
