@@ -65,7 +65,9 @@ def _produce_endostream(mode: str, endpoint: str, width: int, height: int, codec
                 tx.send(f, timeout_s=30)
             else:
                 tx.send(f)
-        tx.end_stream(0, **({"timeout_s": 30} if mode == "lossless" else {}))
+        ok = tx.end_stream(0, **({"timeout_s": 30} if mode == "lossless" else {}))
+    if not ok:
+        raise SystemExit(f"end-of-stream not acknowledged: {tx.stats}")
 
 
 def _produce_imagezmq(endpoint: str, width: int, height: int, codec: str, n: int) -> None:
@@ -110,8 +112,11 @@ def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, wi
     proc.start()
     lat, t_first, t_last, got = [], 0, 0, 0
     deadline = time.monotonic() + 120
+    last_msg = time.monotonic()
     with rx:
         while time.monotonic() < deadline:
+            if not proc.is_alive() and time.monotonic() - last_msg > 3:
+                break  # producer gone and nothing more coming: report what arrived
             if mode == "lossless":
                 m = rx.recv(200)
                 msgs = [] if m is None else [m]
@@ -120,6 +125,7 @@ def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, wi
                 if not msgs and rx.stats.streams.get(0) and rx.stats.streams[0].ended:
                     break
             end = False
+            last_msg = time.monotonic() if msgs else last_msg
             for m in msgs:
                 if mode == "lossless":
                     rx.ack_message(m)
@@ -134,7 +140,9 @@ def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, wi
             if end:
                 break
         proc.join(30)
-    return _stats(lat, t_first, t_last, got, n)
+    out = _stats(lat, t_first, t_last, got, n)
+    out["producer_exitcode"] = proc.exitcode
+    return out
 
 
 def run_imagezmq(width: int, height: int, codec: str, n: int, port: int = 5599) -> dict:
@@ -169,6 +177,9 @@ def run_imagezmq(width: int, height: int, codec: str, n: int, port: int = 5599) 
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--out", default="out/bench_transport.json")
