@@ -78,8 +78,11 @@ def test_live_slow_receiver_drops_and_never_goes_back():
                 time.sleep(0.001)
             delivered += [m.seq for m in rx.recv_newest(10)]
             time.sleep(0.015)
+        while not tx.send(frame(last_sent)):  # a last frame the socket accepted...
+            time.sleep(0.005)
+        last_sent += 1
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # the producer stops: the newest frame arrives
+        while time.monotonic() < deadline:  # ...arrives once the producer stops
             delivered += [m.seq for m in rx.recv_newest(50)]
             if delivered and delivered[-1] >= last_sent - 1:
                 break
