@@ -11,6 +11,7 @@ import csv
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +151,17 @@ def run(cfg) -> int:
         writer.writerow(["step", "minutes", "lr", "total", "mask", "aux", "presence", "box", "predict", "adv", "disc",
                          "imgs_per_s", "val_kvasir", "val_clinicdb", "val_mean"])
     last_val = last_ck = elapsed
+    # Augmentation (OpenCV, releases the GIL) for the next batch overlaps this step's compute.
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    pending = prefetch.submit(sampler.batch, int(tc.batch_size))
     bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="train", mininterval=5)
     while elapsed < budget:
         ts = time.time()
         lr = _lr_at(elapsed / budget, step, float(tc.lr), int(tc.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = sampler.batch(int(tc.batch_size))
+        batch = pending.result()
+        pending = prefetch.submit(sampler.batch, int(tc.batch_size))
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads), bf16=bool(tc.bf16), gen=gen)
         dt = time.time() - ts
@@ -187,6 +192,7 @@ def run(cfg) -> int:
                         "step": step, "elapsed": elapsed, "best": best, "config": net_cfg.to_dict()}, tmp)
             os.replace(tmp, last)
     bar.close()
+    prefetch.shutdown(wait=True)
     log.close()
     if (out / "best.pt").is_file():
         atomic_write_json(out / "best.json", {"sha256": file_sha256(out / "best.pt"), "best_val_mean_dice": best})
