@@ -174,17 +174,14 @@ def run_transport(cfg: Any, progress: Callable[[int], None]) -> RunResult:
 
 
 def _model_kwargs(cfg: Any, modality: str) -> dict[str, Any]:
-    """configs/model/<the modality's model>.yaml with the bench's non-null model overrides."""
+    """The consumer's kwargs for the modality's model, with the bench's non-null overrides."""
     from omegaconf import OmegaConf
 
     from endostream.cli import config_dir
+    from endostream.consumer_inference import modality_spec, segmenter_kwargs
 
-    mod = OmegaConf.load(config_dir() / "modality" / f"{modality}.yaml")
-    kw = dict(OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / f"{mod.model}.yaml"),
-                                     resolve=True))
-    kw["presence_threshold"] = float(mod.presence_threshold)
-    kw.update({k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None})
-    return kw
+    spec = modality_spec(OmegaConf.load(config_dir() / "modality" / f"{modality}.yaml"))
+    return segmenter_kwargs(config_dir(), spec, OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def run_model(cfg: Any, progress: Callable[[int], None]) -> RunResult:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from endostream import bench_report
+from endostream.bench_report import _fmt as _f
 from endostream.bench_source import describe
 
 log = logging.getLogger(__name__)
@@ -231,10 +232,6 @@ def plot(path: Path, samples: list[dict[str, Any]], v: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _f(v: Any) -> str:
-    return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
 def summary_md(rep: dict[str, Any]) -> str:

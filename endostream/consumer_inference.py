@@ -49,6 +49,24 @@ def modality_spec(cfg: Any) -> ModalitySpec:
                         bool(cfg["fov"]), float(cfg["presence_threshold"]))
 
 
+def segmenter_kwargs(config_dir: Path, spec: ModalitySpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """load_segmenter() keyword arguments for a modality: ``configs/model/<spec.model>.yaml``,
+    the modality's presence gate and field-of-view switch, then the non-null ``overrides``."""
+    from omegaconf import OmegaConf
+
+    path = config_dir / "model" / f"{spec.model}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"modality {spec.name}: model config not found: {path}")
+    kwargs = dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    kwargs.update(presence_threshold=spec.presence_threshold, fov=spec.fov)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if kwargs.get("threads") == "auto":
+        # Leave a core each to the display path and the producer: intra-op threads that
+        # compete with them for cores slow inference down more than they speed it up.
+        kwargs["threads"] = max(1, min(4, (os.cpu_count() or 2) - 2))
+    return kwargs
+
+
 class ModelRouter:
     """Frame modality -> segmenter. Models load lazily (the first frame of a modality) and are
     cached; ``overrides`` (non-null ``model.*`` keys of the consume config) apply to all."""
@@ -83,20 +101,9 @@ class ModelRouter:
         return seg, spec
 
     def _load(self, spec: ModalitySpec) -> Any:
-        from omegaconf import OmegaConf
-
         from endostream.segmenter import load_segmenter
 
-        path = self.config_dir / "model" / f"{spec.model}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(f"modality {spec.name}: model config not found: {path}")
-        kwargs = dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-        kwargs.update(presence_threshold=spec.presence_threshold, fov=spec.fov)
-        kwargs.update({k: v for k, v in self.overrides.items() if v is not None})
-        if kwargs.get("threads") == "auto":
-            # Leave a core each to the display path and the producer: intra-op threads that
-            # compete with them for cores slow inference down more than they speed it up.
-            kwargs["threads"] = max(1, min(4, (os.cpu_count() or 2) - 2))
+        kwargs = segmenter_kwargs(self.config_dir, spec, self.overrides)
         seg = load_segmenter(**kwargs)
         size = int(seg.info.get("input_size", spec.input_size))
         if size != spec.input_size:
