@@ -23,6 +23,7 @@ class StreamState:
     prev_prob: np.ndarray | None = field(init=False, default=None)  # (1,1,g,g) in [0,1]
     frames_seen: int = field(init=False, default=0)
     rng: np.random.Generator = field(init=False)
+    _noise: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -34,6 +35,7 @@ class StreamState:
         self.frames_seen = 0
         # Seeded per stream so a replayed stream gives the same masks (reproducible overlays).
         self.rng = np.random.default_rng(self.seed)
+        self._noise = None
 
     def push(self, memory_out: np.ndarray, prob_small: np.ndarray) -> None:
         """Append this frame's memory features (dropping the oldest) and remember its mask."""
@@ -46,4 +48,9 @@ class StreamState:
         self.frames_seen += 1
 
     def noise(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self.rng.standard_normal(shape, dtype=np.float32)
+        """The stream's starting noise: drawn once and reused for every frame, so the sampler is
+        a fixed function of the image and masks do not flicker from fresh noise each frame
+        (measured: flicker 0.120 -> 0.050 at K=2 on validation clips, weights/MODEL_CARD.md)."""
+        if self._noise is None or self._noise.shape != tuple(shape):
+            self._noise = self.rng.standard_normal(shape, dtype=np.float32)
+        return self._noise

@@ -24,7 +24,7 @@ from endostream.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CLINICDB = ROOT.parent / "shared" / "data" / "cvc-clinicdb"
 CLIPS = {"a.mp4": 10, "b.mp4": 12, "c.mkv": 8}
-COMMON = ["model.backend=onnxruntime", "model.threads=1", "progress=false"]
+COMMON = ["model.backend=onnxruntime", "model.threads=1", "model.steps=2", "progress=false"]
 
 
 def _frames(n: int, start: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

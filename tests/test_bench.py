@@ -18,7 +18,7 @@ from endostream.bench_stats import (backlog_check, end_to_end_ms, skip_warmup, s
 from endostream.cli import main
 
 REQUIRED = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
-FAST = ["model.backend=onnxruntime", "model.threads=1", "progress=false", "warmup=5"]
+FAST = ["model.backend=onnxruntime", "model.threads=1", "model.steps=2", "progress=false", "warmup=5"]
 
 
 # ----------------------------------------------------------------------------- statistics
