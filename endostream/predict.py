@@ -6,7 +6,6 @@ order through one temporal memory (with warm start); the default treats images i
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -15,19 +14,14 @@ import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
 from endostream.segmenter import load_segmenter
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+from endostream.sources import image_files
 
 
 def list_images(folder: Path) -> list[Path]:
+    """Image files of ``folder`` in natural order (the same listing as folder sources)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                  key=lambda p: natural_key(p.name))
+    return [Path(p) for p in image_files(folder) if Path(p).is_file()]
 
 
 def run(cfg) -> int:

@@ -309,7 +309,8 @@ def _imread(path: str, *, gray: bool = False) -> np.ndarray:
     return image
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files(folder: Path) -> list[str]:
+    """Image file paths in ``folder``, in natural order (1.png, 2.png, 10.png)."""
     names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS)]
     return [str(folder / n) for n in sorted(names, key=natural_key)]
 
@@ -317,11 +318,11 @@ def _image_files(folder: Path) -> list[str]:
 def _mask_paths(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise SourceError(f"ground-truth mask folder not found: {folder}")
-    return _image_files(Path(folder))
+    return image_files(Path(folder))
 
 
 def _folder_items(folder: Path, masks: list[str] | None) -> list[tuple[str, str | None]]:
-    images = _image_files(folder)
+    images = image_files(folder)
     if not images:
         raise SourceError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {folder}")
     if masks is None:
