@@ -49,7 +49,7 @@ def test_batch_dimension_is_dynamic(exported) -> None:
     out, side = exported
     sess = ort.InferenceSession(str(out / side["onnx"]["denoise"]["file"]), providers=["CPUExecutionProvider"])
     for b in (1, 3):
-        r = sess.run(None, {"feat": np.zeros((b, 48, 64, 64), np.float32),
+        r = sess.run(None, {"feat": np.zeros((b, 24, 64, 64), np.float32),
                             "noisy_mask": np.zeros((b, 1, 64, 64), np.float32), "t": np.full((b,), 499, np.float32)})
         assert r[0].shape == (b, 1, 64, 64)
 

@@ -25,7 +25,7 @@ def test_encode_and_denoise_shapes(net):
     mem, valid = net.empty_memory(2)
     out = net.encode_frame(torch.randn(2, 3, S, S), mem, valid)
     c = net.cfg
-    assert out["feat"].shape == (2, c.feat_channels, S // 4, S // 4)
+    assert out["feat"].shape == (2, c.denoiser_hidden, S // 4, S // 4)
     assert out["aux_logits"].shape == (2, 1, S // 4, S // 4)
     assert out["presence_logit"].shape == (2,)
     assert out["box"].shape == (2, 4) and float(out["box"].min()) >= 0 and float(out["box"].max()) <= 1
@@ -110,3 +110,13 @@ def test_k0_is_the_plain_decoder_pass(net):
     seg = Segmenter(TorchBackend(net, threads=1), steps=0)
     p = seg.segment(np.full((64, 64, 3), 128, np.uint8))
     assert "step1" not in p.stages_ns
+
+
+def test_split_first_convolution_equals_one_convolution_over_the_concatenation(net):
+    # The denoiser's feature half runs once per frame; each step adds only the mask half.
+    d = net.denoiser
+    feat = torch.randn(2, d.feat_channels, S // 4, S // 4)
+    mask = torch.randn(2, 1, S // 4, S // 4)
+    whole = d.inp(torch.cat([feat, mask], 1))
+    split = d.condition(feat) + torch.nn.functional.conv2d(mask, d.inp.weight[:, d.feat_channels:], padding=1)
+    assert torch.allclose(whole, split, atol=1e-5)

@@ -28,7 +28,9 @@ ROWS = [
     ("K=8 cold", dict(steps=8, warm_start=False)),
     ("K=2 warm start from t=499", dict(steps=2, warm_start=True, warm_start_t=499)),
     ("K=2 warm start from t=899", dict(steps=2, warm_start=True, warm_start_t=899)),
+    ("K=0, no temporal memory", dict(steps=0, warm_start=False, use_temporal=False)),
     ("K=2 cold, no temporal memory", dict(steps=2, warm_start=False, use_temporal=False)),
+    ("K=0, no presence gate", dict(steps=0, warm_start=False, presence_threshold=0.0)),
     ("K=2 cold, no presence gate", dict(steps=2, warm_start=False, presence_threshold=0.0)),
 ]
 

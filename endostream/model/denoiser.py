@@ -1,6 +1,10 @@
 """The light denoiser: (fused features, noisy mask, timestep) -> clean-mask logits.
 
 It runs K times per frame on features computed once, so it is small and works at stride 4.
+Its first convolution is linear in (features, noisy mask), so it is split: the feature half
+(``condition``) runs once per frame inside the encoder pass, and each step (``step``) only
+convolves the 1-channel noisy mask and adds it; this is the same function as one convolution
+over the concatenation, with 40 % fewer FLOPs per step.
 The noisy mask is an input of the first convolution; a test checks that changing it changes
 the output (the flaw of Diff-VPS's public code, where a constant went in, cannot return).
 """
@@ -11,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, num_train_steps: int = 1000) -> torch.Tensor:
@@ -39,16 +44,25 @@ class Denoiser(nn.Module):
                  dilations: tuple[int, ...] = (1, 2, 4), num_train_steps: int = 1000) -> None:
         super().__init__()
         self.t_dim = t_dim
+        self.feat_channels = feat_channels
         self.num_train_steps = num_train_steps
         self.t_mlp = nn.Sequential(nn.Linear(t_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         self.inp = nn.Conv2d(feat_channels + 1, hidden, 3, padding=1)
         self.blocks = nn.ModuleList([FiLMBlock(hidden, t_dim, d) for d in dilations])
         self.out = nn.Conv2d(hidden, 1, 1)
 
-    def forward(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """feat (B, F, H, W); noisy_mask (B, 1, H, W) in signal space; t (B,) float -> logits (B, 1, H, W)."""
+    def condition(self, feat: torch.Tensor) -> torch.Tensor:
+        """Once per frame: feat (B, F, H, W) -> the feature half of the first convolution (B, hidden, H, W)."""
+        return F.conv2d(feat, self.inp.weight[:, :self.feat_channels], self.inp.bias, padding=1)
+
+    def step(self, cond: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """cond from ``condition``; noisy_mask (B, 1, H, W) in signal space; t (B,) float -> logits (B, 1, H, W)."""
         temb = self.t_mlp(timestep_embedding(t, self.t_dim, self.num_train_steps))
-        x = torch.relu(self.inp(torch.cat([feat, noisy_mask.to(feat.dtype)], 1)))
+        mask_part = F.conv2d(noisy_mask.to(cond.dtype), self.inp.weight[:, self.feat_channels:], padding=1)
+        x = torch.relu(cond + mask_part)
         for block in self.blocks:
             x = block(x, temb)
         return self.out(x)
+
+    def forward(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.step(self.condition(feat), noisy_mask, t)

@@ -71,8 +71,9 @@ class PolypNet(nn.Module):
     """Multi-task diffusion segmenter.
 
     ``encode_frame`` runs once per frame: image (B,3,S,S) in [-1,1], memory (B,T,N,S/16,S/16),
-    valid (B,T) -> feat (B,F,S/4,S/4), aux_logits (B,1,S/4,S/4) (the K=0 discriminative mask),
-    presence_logit (B,), box (B,4), memory_out (B,N,S/16,S/16) for the stream's memory.
+    valid (B,T) -> feat (B,H,S/4,S/4) (the denoiser's conditioning, H = denoiser_hidden),
+    aux_logits (B,1,S/4,S/4) (the K=0 discriminative mask), presence_logit (B,), box (B,4),
+    memory_out (B,N,S/16,S/16) for the stream's memory.
     ``denoise`` runs K times: feat, noisy mask (B,1,S/4,S/4), t (B,) -> x0 logits (B,1,S/4,S/4).
     """
 
@@ -101,11 +102,11 @@ class PolypNet(nn.Module):
         feats = self.encoder(image)
         feat, memory_out = self.neck(feats, memory, valid)
         presence_logit, box = self.heads(feats[3])
-        return {"feat": feat, "aux_logits": self.aux_head(feat), "presence_logit": presence_logit,
+        return {"feat": self.denoiser.condition(feat), "aux_logits": self.aux_head(feat), "presence_logit": presence_logit,
                 "box": box, "memory_out": memory_out}
 
     def denoise(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(feat, noisy_mask, t)
+        return self.denoiser.step(feat, noisy_mask, t)
 
     def forward(self, image: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor,
                 noisy_mask: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:

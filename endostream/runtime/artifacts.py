@@ -6,7 +6,8 @@ Files (for weights ``<dir>/<stem>.pt``):
                           box (B,4), memory_out (B,N,S/16,S/16)
   <stem>.denoise.onnx  feat (B,F,S/4,S/4), noisy_mask (B,1,S/4,S/4), t (B,) -> logits (B,1,S/4,S/4)
   <stem>.json          the sidecar: net config, weights sha256, the .pt's meta, graph files + sha256
-All tensors float32; B is the only dynamic dimension ("batch").
+F = denoiser_hidden: ``feat`` is the denoiser's per-frame conditioning (its first convolution's
+feature half), computed once per frame. All tensors float32; B is the only dynamic dimension ("batch").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def graph_paths(weights: str | Path, out_dir: str | Path | None = None) -> dict[
 
 def io_shapes(cfg: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
     """The documented shapes of every graph input and output ("batch" is the dynamic dim)."""
-    s, t, n, f = int(cfg["input_size"]), int(cfg["memory_frames"]), int(cfg["neck_channels"]), int(cfg["feat_channels"])
+    s, t, n, f = int(cfg["input_size"]), int(cfg["memory_frames"]), int(cfg["neck_channels"]), int(cfg["denoiser_hidden"])
     b, g, m = "batch", s // 4, s // 16
     return {
         "encode": {"image": [b, 3, s, s], "memory": [b, t, n, m, m], "valid": [b, t],

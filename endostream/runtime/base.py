@@ -5,7 +5,7 @@ per sampling step. Arrays come in as numpy float32; what a backend returns may b
 array type (numpy for ONNX Runtime, torch tensors for torch) as long as the scheduler's
 arithmetic (``*``, ``+``, ``-`` with floats) works on it; ``to_numpy`` brings results home.
 
-Shapes (S = input size, T = memory frames, N = memory channels, F = feature channels):
+Shapes (S = input size, T = memory frames, N = memory channels, F = denoiser conditioning channels, the config's denoiser_hidden):
   encode(image (1,3,S,S), memory (1,T,N,S/16,S/16), valid (1,T)) ->
       {"feat": (1,F,S/4,S/4), "aux_logits": (1,1,S/4,S/4), "presence_logit": (1,),
        "box": (1,4), "memory_out": (1,N,S/16,S/16)}

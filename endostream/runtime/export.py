@@ -51,7 +51,7 @@ def example_inputs(net: PolypNet, batch: int = 1) -> dict[str, tuple[torch.Tenso
     gen = torch.Generator().manual_seed(0)
     mem, valid = net.empty_memory(batch)
     image = torch.rand(batch, 3, s, s, generator=gen) * 2 - 1
-    feat = torch.randn(batch, c.feat_channels, g, g, generator=gen)
+    feat = torch.randn(batch, c.denoiser_hidden, g, g, generator=gen)
     return {"encode": (image, mem, valid + 1.0),
             "denoise": (feat, torch.randn(batch, 1, g, g, generator=gen), torch.full((batch,), 999.0))}
 
