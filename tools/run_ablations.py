@@ -3,7 +3,8 @@
     .venv/bin/python tools/run_ablations.py --weights weights/polyp.pt --backend onnxruntime --out out/ablation
 
 Rows: K = 0 (plain decoder pass) / 1 / 2 / 4 / 8 from noise; K=2 with warm starts from two
-noise levels; without the temporal memory; without the presence gate. Each row: Kvasir Dice, ClinicDB (sequence) Dice,
+noise levels; without the temporal memory; without the presence gate; K=0 at larger input
+sizes (the same weights; their ONNX graphs are exported to a temporary folder). Each row: Kvasir Dice, ClinicDB (sequence) Dice,
 their mean, Dice by polyp size, flicker on synthesised clips, CPU latency per frame.
 Writes ablation.json and ablation.md.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 from pathlib import Path
 
 from endostream.evaluate import flicker, score_items
+from endostream.fileutil import file_sha256
+from endostream.runtime.benchmark import weights_at_size
 from endostream.segmenter import load_segmenter
 from endostream.training.dataset import load_splits
 from endostream.training.validate import load_eval_items
@@ -32,6 +36,10 @@ ROWS = [
     ("K=2 cold, no temporal memory", dict(steps=2, warm_start=False, use_temporal=False)),
     ("K=0, no presence gate", dict(steps=0, warm_start=False, presence_threshold=0.0)),
     ("K=2 cold, no presence gate", dict(steps=2, warm_start=False, presence_threshold=0.0)),
+    # The same weights at larger inputs (every layer is size-agnostic; trained at 256): does
+    # resolution recover small polyps, and what does it cost?
+    ("K=0 at input 320", dict(steps=0, warm_start=False, input_size=320)),
+    ("K=0 at input 384", dict(steps=0, warm_start=False, input_size=384)),
 ]
 
 
@@ -47,18 +55,21 @@ def main() -> None:
     items = load_eval_items(load_splits(args.data, val_only=True).val)
     rows = []
     rows_to_run = [ROWS[int(i)] for i in args.only] if args.only else ROWS
+    tmp = Path(tempfile.mkdtemp(prefix="ablation_"))
     for name, kw in rows_to_run:
         kw = {"presence_threshold": 0.5, **kw}
-        seg = load_segmenter(weights=args.weights, backend=args.backend, threads=args.threads, **kw)
+        size = kw.pop("input_size", None)
+        weights = weights_at_size(args.weights, size, tmp) if size else args.weights
+        seg = load_segmenter(weights=str(weights), backend=args.backend, threads=args.threads, **kw)
         r = score_items(seg, items)
         r["flicker"] = flicker(seg, items)
-        r["name"], r["settings"] = name, kw
+        r["name"], r["settings"] = name, {**kw, "input_size": seg.input_size}
         rows.append(r)
         print(f"{name}: kvasir {r['kvasir']['dice@0.5']:.4f} clinicdb {r['clinicdb']['dice@0.5']:.4f} "
               f"flicker {r['flicker']['flicker']:.4f} latency p50 {r['latency_ms']['p50']:.1f} ms", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"weights": args.weights, "sha256": seg.info["weights_sha256"], "backend": args.backend,
+    meta = {"weights": args.weights, "sha256": file_sha256(args.weights), "backend": args.backend,
             "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"}
     (out / "ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = ["| setting | Kvasir Dice | ClinicDB Dice | mean | small / medium / large | flicker | CPU ms/frame (p50) |",
