@@ -35,7 +35,8 @@ def gpu_specs(tensorrt: bool, ort_cuda: bool, max_batch: int = 256) -> list[dict
 
 
 def frame_fn(be: Any, steps: int, batch: int) -> Callable[[], np.ndarray]:
-    """One frame's work for a batch: encode, K steps with the numpy/torch scheduler, result home."""
+    """One frame's work for a batch: encode, K steps with the numpy/torch scheduler, result home
+    (K=0: the encoder pass and its decoder mask only)."""
     cfg = be.config
     s, t, n = int(cfg["input_size"]), int(cfg["memory_frames"]), int(cfg["neck_channels"])
     rng = np.random.default_rng(0)
@@ -44,11 +45,11 @@ def frame_fn(be: Any, steps: int, batch: int) -> Callable[[], np.ndarray]:
     valid = np.ones((batch, t), np.float32)
     noise = rng.standard_normal((batch, 1, s // 4, s // 4)).astype(np.float32)
     sch = MaskScheduler(int(cfg["num_train_steps"]), float(cfg["mask_scale"]))
-    ts = sch.set_timesteps(steps)
+    ts = sch.set_timesteps(steps) if steps > 0 else []
 
     def run() -> np.ndarray:
         out = be.encode(image, memory, valid)
-        sample, prob = be.from_numpy(noise), None
+        sample, prob = be.from_numpy(noise), out["aux_logits"]
         for step_t in ts:
             logits = be.denoise(out["feat"], sample, np.full((batch,), step_t, np.float32))
             sample, prob = sch.step(logits, step_t, sample)
