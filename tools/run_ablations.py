@@ -55,7 +55,8 @@ def main() -> None:
     items = load_eval_items(load_splits(args.data, val_only=True).val)
     rows = []
     rows_to_run = [ROWS[int(i)] for i in args.only] if args.only else ROWS
-    tmp = Path(tempfile.mkdtemp(prefix="ablation_"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="ablation_")  # resized weights + their graphs
+    tmp = Path(tmp_dir.name)
     for name, kw in rows_to_run:
         kw = {"presence_threshold": 0.5, **kw}
         size = kw.pop("input_size", None)
@@ -67,6 +68,7 @@ def main() -> None:
         rows.append(r)
         print(f"{name}: kvasir {r['kvasir']['dice@0.5']:.4f} clinicdb {r['clinicdb']['dice@0.5']:.4f} "
               f"flicker {r['flicker']['flicker']:.4f} latency p50 {r['latency_ms']['p50']:.1f} ms", flush=True)
+    tmp_dir.cleanup()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"weights": args.weights, "sha256": file_sha256(args.weights), "backend": args.backend,

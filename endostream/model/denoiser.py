@@ -63,6 +63,3 @@ class Denoiser(nn.Module):
         for block in self.blocks:
             x = block(x, temb)
         return self.out(x)
-
-    def forward(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.step(self.condition(feat), noisy_mask, t)
