@@ -75,6 +75,18 @@ def flicker(seg: Segmenter, items, *, clips: int = 30, length: int = 8, seed: in
     return {"flicker": float(np.mean(values)) if values else float("nan"), "pairs": len(values)}
 
 
+def ablation_markdown(rows: list[dict], first_col: str = "setting") -> str:
+    """Markdown table of scored rows (``score_items`` results + ``flicker`` + ``name``)."""
+    lines = [f"| {first_col} | Kvasir Dice | ClinicDB Dice | mean | small / medium / large | flicker | CPU ms/frame (p50) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k, c = r["kvasir"]["dice@0.5"], r["clinicdb"]["dice@0.5"]
+        sz = " / ".join(f"{r['dice_by_size'].get(b, {}).get('dice', float('nan')):.3f}" for b, _, _ in SIZE_BINS)
+        lines.append(f"| {r['name']} | {k:.4f} | {c:.4f} | {(k + c) / 2:.4f} | {sz} | "
+                     f"{r['flicker']['flicker']:.4f} | {r['latency_ms']['p50']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def run(cfg) -> int:
     seg = load_segmenter(**cfg.model)
     if cfg.images:

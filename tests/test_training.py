@@ -1,6 +1,7 @@
 """One training step on a tiny batch lowers the loss; clip batches have the promised shapes."""
 
 import numpy as np
+import pytest
 import torch
 
 from endostream.model.network import NetConfig, PolypNet
@@ -8,7 +9,8 @@ from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler, mask_box
 from endostream.training.dataset import Sample
 from endostream.training.losses import FrameDiscriminator
-from endostream.training.train import train_step
+from endostream.model.io import save_weights
+from endostream.training.train import init_from_weights, train_step
 
 
 def _samples(n=6, size=80):
@@ -58,3 +60,15 @@ def test_one_training_step_lowers_the_loss_on_a_tiny_batch():
         stats = train_step(net, disc, opt, opt_d, batch, sched, gen=torch.Generator().manual_seed(5))
     assert {"mask", "aux", "presence", "box", "predict", "adv", "disc"} <= set(stats)
     assert loss_now() < before
+
+
+def test_init_weights_may_change_only_the_input_size(tmp_path):
+    torch.manual_seed(0)
+    src = PolypNet(NetConfig(input_size=64))
+    save_weights(src, tmp_path / "w.pt", meta={"minutes": 3.0})
+    bigger = PolypNet(NetConfig(input_size=96))
+    assert init_from_weights(bigger, tmp_path / "w.pt")["minutes"] == 3.0
+    for (k, a), b in zip(src.state_dict().items(), bigger.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="only model.input_size may change"):
+        init_from_weights(PolypNet(NetConfig(input_size=64, neck_channels=32)), tmp_path / "w.pt")

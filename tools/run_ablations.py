@@ -17,7 +17,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from endostream.evaluate import flicker, score_items
+from endostream.evaluate import ablation_markdown, flicker, score_items
 from endostream.fileutil import file_sha256
 from endostream.runtime.benchmark import weights_at_size
 from endostream.segmenter import load_segmenter
@@ -74,15 +74,9 @@ def main() -> None:
     meta = {"weights": args.weights, "sha256": file_sha256(args.weights), "backend": args.backend,
             "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"}
     (out / "ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["| setting | Kvasir Dice | ClinicDB Dice | mean | small / medium / large | flicker | CPU ms/frame (p50) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        k, c = r["kvasir"]["dice@0.5"], r["clinicdb"]["dice@0.5"]
-        sz = " / ".join(f"{r['dice_by_size'].get(b, {}).get('dice', float('nan')):.3f}" for b in ("small", "medium", "large"))
-        lines.append(f"| {r['name']} | {k:.4f} | {c:.4f} | {(k + c) / 2:.4f} | {sz} | "
-                     f"{r['flicker']['flicker']:.4f} | {r['latency_ms']['p50']:.1f} |")
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = ablation_markdown(rows)
+    (out / "ablation.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

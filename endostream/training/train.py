@@ -95,14 +95,26 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     opt.step()
     result = {k: float(v.detach()) for k, v in losses.items()}
-    result["total"] = float(total)
+    result["total"] = float(total.detach())
     if disc is not None and opt_d is not None and fake is not None:
         loss_d = discriminator_loss(disc, real, fake)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        result["disc"] = float(loss_d)
+        result["disc"] = float(loss_d.detach())
     return result
+
+
+def init_from_weights(model: PolypNet, path: str | Path) -> dict:
+    """Load an earlier run's weights into ``model`` strictly; returns their metadata.
+
+    Every layer is size-agnostic (convolutions, pooling, resizes), so only the input size may
+    differ: that is how a network trained at 256 is fine-tuned at 320."""
+    init, meta = load_weights(path)
+    if {**init.cfg.to_dict(), "input_size": 0} != {**model.cfg.to_dict(), "input_size": 0}:
+        raise ValueError(f"init_weights {path}: its network config differs from model.* (only model.input_size may change)")
+    model.load_state_dict(init.state_dict(), strict=True)
+    return meta
 
 
 def _lr_at(progress: float, step: int, base: float, warmup: int) -> float:
@@ -135,10 +147,7 @@ def run(cfg) -> int:
         print(f"resumed from {last}: step {step}, {elapsed / 60:.1f} min done, best val Dice {best:.4f}")
     elif tc.get("init_weights"):
         # Continue an earlier run's network (e.g. the shipped weights) with a fresh schedule.
-        init, meta = load_weights(tc.init_weights)
-        if init.cfg.to_dict() != net_cfg.to_dict():
-            raise ValueError(f"init_weights {tc.init_weights}: its network config differs from model.*")
-        model.load_state_dict(init.state_dict(), strict=True)
+        meta = init_from_weights(model, tc.init_weights)
         print(f"initialised from {tc.init_weights} ({meta.get('minutes', 0):.0f} min of earlier training)")
 
     t0 = time.time()
