@@ -80,3 +80,22 @@ def test_tampered_graph_is_detected(exported, tmp_path) -> None:
     g.write_bytes(g.read_bytes()[:-1] + b"\0")
     side2, reason = check_artifacts(WEIGHTS, out_dir=tmp_path)
     assert side2 is None and "sha256" in reason
+
+
+def test_network_without_temporal_module_runs_through_onnxruntime(tmp_path) -> None:
+    """The exporter drops the unused memory/valid inputs of such a network; the backend must
+    feed only the inputs the graph declares (a retraining ablation found this)."""
+    import torch
+
+    from endostream.model.io import save_weights
+    from endostream.model.network import NetConfig, PolypNet
+    from endostream.segmenter import load_segmenter
+
+    torch.manual_seed(0)
+    save_weights(PolypNet(NetConfig(input_size=64, temporal=False)).eval(), tmp_path / "plain.pt")
+    seg = load_segmenter(weights=str(tmp_path / "plain.pt"), backend="onnxruntime", threads=1, steps=2,
+                         warm_start=False, presence_threshold=0.0)
+    frame = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    for _ in range(2):  # the second frame has a (non-empty) memory to offer
+        out = seg.segment(frame)
+    assert out.mask.shape == (90, 120)

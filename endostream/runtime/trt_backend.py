@@ -120,7 +120,10 @@ class TensorRTBackend:
         bufs: dict[str, dict[str, Any]] = {"encode": {}, "denoise": {}}
         for part, names in (("encode", (*ENCODE_INPUTS, *ENCODE_OUTPUTS)), ("denoise", (*DENOISE_INPUTS, *DENOISE_OUTPUTS))):
             engine = self.engines[part]
+            present = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
             for name in names:
+                if name not in present:  # e.g. memory/valid of a network without the temporal module
+                    continue
                 if part == "denoise" and name == "feat":
                     bufs[part][name] = bufs["encode"]["feat"]
                     continue
@@ -132,7 +135,7 @@ class TensorRTBackend:
     def _execute(self, part: str, batch: int) -> None:
         ctx, bufs = self.contexts[part], self.buffers[part]
         if self._shapes.get(part) != batch:  # shape change: rebind views of the same buffers
-            for name in (ENCODE_INPUTS if part == "encode" else DENOISE_INPUTS):
+            for name in (n for n in (ENCODE_INPUTS if part == "encode" else DENOISE_INPUTS) if n in bufs):
                 ctx.set_input_shape(name, tuple(bufs[name][:batch].shape))
             for name, buf in bufs.items():
                 ctx.set_tensor_address(name, buf[:batch].data_ptr())
@@ -158,6 +161,8 @@ class TensorRTBackend:
         self.stream.wait_stream(cur)
         with self.torch.cuda.stream(self.stream):
             for name, x in zip(names, inputs):
+                if name not in self.buffers[part]:
+                    continue
                 dst = self.buffers[part][name][:batch]
                 src = self.from_numpy(x)
                 if src.data_ptr() != dst.data_ptr():
