@@ -28,7 +28,7 @@ def test_encode_and_denoise_shapes(net):
     assert out["feat"].shape == (2, c.denoiser_hidden, S // 4, S // 4)
     assert out["aux_logits"].shape == (2, 1, S // 4, S // 4)
     assert out["presence_logit"].shape == (2,)
-    assert out["box"].shape == (2, 4) and float(out["box"].min()) >= 0 and float(out["box"].max()) <= 1
+    assert out["box"].shape == (2, 4) and float(out["box"].detach().min()) >= 0 and float(out["box"].detach().max()) <= 1
     assert out["memory_out"].shape == (2, c.neck_channels, S // 16, S // 16)
     assert mem.shape == (2, c.memory_frames, c.neck_channels, S // 16, S // 16)
     logits = net.denoise(out["feat"], torch.randn(2, 1, S // 4, S // 4), torch.tensor([999.0, 10.0]))
