@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from endostream.model.io import save_weights
 from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler, mask_box
 from endostream.training.dataset import Sample
 from endostream.training.losses import FrameDiscriminator
-from endostream.model.io import save_weights
 from endostream.training.train import init_from_weights, train_step
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
+from endostream.bench_report import machine
 from endostream.evaluate import ablation_markdown, flicker, score_items
 from endostream.fileutil import file_sha256
 from endostream.runtime.benchmark import weights_at_size
@@ -72,7 +72,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"weights": args.weights, "sha256": file_sha256(args.weights), "backend": args.backend,
-            "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"}
+            "threads": args.threads, "machine": machine()}
     (out / "ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = ablation_markdown(rows)
     (out / "ablation.md").write_text(table)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from endostream.bench_report import machine
 from endostream.evaluate import ablation_markdown, flicker, score_items
 from endostream.fileutil import file_sha256
 from endostream.segmenter import load_segmenter
@@ -36,7 +35,7 @@ VARIANTS = [
 
 def train_variant(name: str, overrides: list[str], minutes: float, runs: Path, data: str) -> Path:
     out = runs / name
-    cmd = [shutil.which("endostream") or str(Path(sys.executable).with_name("endostream")), "train",
+    cmd = [sys.executable, "-m", "endostream.cli", "train",
            f"train.out={out}", f"train.budget_minutes={minutes}", f"train.val_every_minutes={minutes / 3:.3f}",
            f"data.root={data}", "train.init_weights=null", *overrides]
     print("$", " ".join(cmd), flush=True)
@@ -80,7 +79,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"minutes_per_variant": args.minutes, "backend": args.backend, "threads": args.threads,
-            "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"}
+            "machine": machine()}
     (out / "train_ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = ablation_markdown(rows, first_col="variant (trained from scratch, same schedule)")
     (out / "train_ablation.md").write_text(table)

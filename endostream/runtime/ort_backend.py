@@ -57,15 +57,15 @@ class OrtBackend:
         self.denoise_session = ort.InferenceSession(str(denoise_path), so, providers=providers)
         # A network without the temporal module ignores memory/valid, and the exporter drops
         # unused graph inputs: feed only what the graph declares.
-        self._encode_inputs = {i.name for i in self.encode_session.get_inputs()}
+        self._encode_inputs = tuple(i.name for i in self.encode_session.get_inputs())
         self.device = device
         self.name = "onnxruntime-cuda" if device.startswith("cuda") else "onnxruntime"
         self.config = dict(config)
         self.threads = int(threads)
 
     def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
-        feeds = {"image": _f32(image), "memory": _f32(memory), "valid": _f32(valid)}
-        feeds = {k: v for k, v in feeds.items() if k in self._encode_inputs}
+        given = {"image": image, "memory": memory, "valid": valid}
+        feeds = {name: _f32(given[name]) for name in self._encode_inputs}
         return dict(zip(ENCODE_OUTPUTS, self.encode_session.run(list(ENCODE_OUTPUTS), feeds)))
 
     def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
