@@ -72,3 +72,28 @@ def test_init_weights_may_change_only_the_input_size(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="only model.input_size may change"):
         init_from_weights(PolypNet(NetConfig(input_size=64, neck_channels=32)), tmp_path / "w.pt")
+
+
+def test_plain_recipe_trains_the_decoder_pass_and_leaves_the_denoiser_alone():
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64, temporal=False))
+    denoiser_before = {k: v.clone() for k, v in net.denoiser.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    batch = ClipSampler(_samples(), [], size=64, past=0, negative_p=0.0, seed=2).batch(4)
+    first = train_step(net, None, opt, None, batch, MaskScheduler(), heads=False, diffusion=False, bf16=False)
+    assert set(first) == {"aux", "total"}
+    for _ in range(7):
+        last = train_step(net, None, opt, None, batch, MaskScheduler(), heads=False, diffusion=False, bf16=False)
+    assert last["aux"] < first["aux"]
+    for k, v in net.denoiser.state_dict().items():
+        assert torch.equal(v, denoiser_before[k]), k  # no gradient reached it, so AdamW skipped it
+
+
+def test_plain_baseline_recipe_composes_to_the_issue_size():
+    from endostream.cli import compose
+
+    cfg = compose("train", ["+recipe=plain_baseline"])
+    net = PolypNet(NetConfig.from_dict(dict(cfg.model)))
+    params = sum(p.numel() for n, p in net.named_parameters() if n.startswith(("encoder", "neck", "aux_head")))
+    assert 1.8e6 < params < 2.3e6  # the issue's baseline: about 2 M parameters
+    assert cfg.train.diffusion is False and cfg.train.heads is False and cfg.model.temporal is False

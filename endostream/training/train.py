@@ -35,8 +35,11 @@ DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv
 def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer | None, batch: ClipBatch, sched: MaskScheduler, *,
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
-               bf16: bool = True, gen: torch.Generator | None = None) -> dict[str, float]:
-    """One optimisation step on a clip batch; returns the loss terms as floats."""
+               diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None) -> dict[str, float]:
+    """One optimisation step on a clip batch; returns the loss terms as floats.
+
+    ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
+    decoder pass, as in the issue's discriminative baseline recipe."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     model.train()
     imgs = torch.from_numpy(batch.images)
@@ -71,9 +74,11 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
 
     with amp:
-        out = model(cur, memory, valid, x_t, t.float())
+        out = model(cur, memory, valid, x_t, t.float()) if diffusion else model.encode_frame(cur, memory, valid)
     up = lambda z: F.interpolate(z.float(), size=(s, s), mode="bilinear", align_corners=False)  # noqa: E731
-    losses = {"mask": dice_bce(up(out["logits"]), target), "aux": dice_bce(up(out["aux_logits"]), target)}
+    losses = {"aux": dice_bce(up(out["aux_logits"]), target)}
+    if diffusion:
+        losses["mask"] = dice_bce(up(out["logits"]), target)
     presence = torch.from_numpy(batch.presence)
     if heads:
         losses["presence"] = F.binary_cross_entropy_with_logits(out["presence_logit"].float(), presence)
@@ -185,7 +190,8 @@ def run(cfg) -> int:
         batch = pending.result()
         pending = prefetch.submit(next_batch)
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
-                            prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads), bf16=bool(tc.bf16), gen=gen)
+                            prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
+                            diffusion=bool(tc.get("diffusion", True)), bf16=bool(tc.bf16), gen=gen)
         dt = time.time() - ts
         elapsed += dt
         step += 1
