@@ -62,19 +62,12 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         memory[:, slots - k:] = feats[:, past - k:]
         valid[:, slots - k:] = valid_past[:, past - k:]
 
-    # Diffusion target: the current mask at stride 4; sometimes noise the PREVIOUS frame's mask
-    # instead, which is what a warm start feeds the denoiser in a stream.
-    small = F.avg_pool2d(target, 4)
-    if past:
-        prev_small = F.avg_pool2d(masks[:, -2], 4)
-        use_prev = (torch.rand(b, 1, 1, 1, generator=gen) < prev_mask_p) & (valid[:, -1].view(b, 1, 1, 1) > 0)
-        small = torch.where(use_prev, prev_small, small)
-    x0 = sched.mask_to_signal(small)
-    t = torch.randint(0, sched.num_train_steps, (b,), generator=gen)
-    x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
-
     with amp:
-        out = model(cur, memory, valid, x_t, t.float()) if diffusion else model.encode_frame(cur, memory, valid)
+        out = model.encode_frame(cur, memory, valid)
+    if diffusion:
+        x_t, t = _noisy_mask(masks, valid, sched, prev_mask_p, gen)
+        with amp:
+            out["logits"] = model.denoise(out["feat"], x_t, t.float())
     up = lambda z: F.interpolate(z.float(), size=(s, s), mode="bilinear", align_corners=False)  # noqa: E731
     losses = {"aux": dice_bce(up(out["aux_logits"]), target)}
     if diffusion:
@@ -108,6 +101,22 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         opt_d.step()
         result["disc"] = float(loss_d.detach())
     return result
+
+
+def _noisy_mask(masks: torch.Tensor, valid: torch.Tensor, sched: MaskScheduler, prev_mask_p: float,
+                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The denoiser's input: the current mask at stride 4 noised to a random timestep; for a share
+    ``prev_mask_p`` of samples with a past frame, the PREVIOUS frame's mask instead, which is what
+    a warm start feeds the denoiser in a stream. Returns (x_t, t)."""
+    b = masks.shape[0]
+    small = F.avg_pool2d(masks[:, -1], 4)
+    if masks.shape[1] > 1:
+        prev_small = F.avg_pool2d(masks[:, -2], 4)
+        use_prev = (torch.rand(b, 1, 1, 1, generator=gen) < prev_mask_p) & (valid[:, -1].view(b, 1, 1, 1) > 0)
+        small = torch.where(use_prev, prev_small, small)
+    x0 = sched.mask_to_signal(small)
+    t = torch.randint(0, sched.num_train_steps, (b,), generator=gen)
+    return sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t), t
 
 
 def init_from_weights(model: PolypNet, path: str | Path) -> dict:
@@ -191,7 +200,7 @@ def run(cfg) -> int:
         pending = prefetch.submit(next_batch)
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
-                            diffusion=bool(tc.get("diffusion", True)), bf16=bool(tc.bf16), gen=gen)
+                            diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen)
         dt = time.time() - ts
         elapsed += dt
         step += 1
