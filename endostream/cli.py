@@ -16,15 +16,15 @@ from pathlib import Path
 # machine without torch (or TensorRT, or Ray) can still use the commands that need none.
 COMMANDS: dict[str, str] = {
     "demo": "endostream.demo:run",
-    "produce": "endostream.producer:run",
-    "consume": "endostream.consumer:run",
-    "keys": "endostream.security:run_keys",
+    "produce": "endostream.capture.producer:run",
+    "consume": "endostream.consumer.app:run",
+    "keys": "endostream.protocol.security:run_keys",
     "train": "endostream.training.train:run",
-    "eval": "endostream.evaluate:run",
-    "predict": "endostream.predict:run",
+    "eval": "endostream.training.evaluate:run",
+    "predict": "endostream.inference.predict:run",
     "export": "endostream.runtime.export:run",
-    "bench": "endostream.bench:run",
-    "batch": "endostream.batch:run",
+    "bench": "endostream.bench.run:run",
+    "batch": "endostream.batch.run:run",
 }
 
 

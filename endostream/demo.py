@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from endostream import consumer as consumer_mod
+from endostream.consumer import app as consumer_mod
 
 log = logging.getLogger(__name__)
 

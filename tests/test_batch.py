@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from endostream.batch_inputs import list_inputs, plan_jobs
+from endostream.batch.inputs import list_inputs, plan_jobs
 from endostream.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ def test_ray_matches_local(local_out, clips, tmp_path):
 
 
 def test_ray_missing_says_how_to_install(monkeypatch):
-    from endostream.batch_ray import _import_ray
+    from endostream.batch.ray_pool import _import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RuntimeError, match="pip install"):

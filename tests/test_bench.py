@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
-from endostream import bench_clock
-from endostream.bench_stats import (backlog_check, end_to_end_ms, skip_warmup, stage_durations,
+from endostream.bench import clock as bench_clock
+from endostream.bench.stats import (backlog_check, end_to_end_ms, skip_warmup, stage_durations,
                                     stage_order, summarize)
 from endostream.cli import main
 
@@ -191,8 +191,8 @@ def test_transport_and_compare_synthetic(tmp_path):
 def test_model_branch_gets_its_own_smaller_warmup():
     """A short live run segments fewer frames than ``warmup``: the model branch must still be
     reported (its warm-up is min(warmup, processed // 5)), not silently left out."""
-    from endostream.bench import _mark_warmup, _summarize_runs, model_warmup
-    from endostream.bench_scenarios import RunResult
+    from endostream.bench.run import _mark_warmup, _summarize_runs, model_warmup
+    from endostream.bench.scenarios import RunResult
 
     def rec(seq, t_ms, stamps):
         return {"stream_id": 0, "seq": seq, "t_capture_ns": int(t_ms * 1e6),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from endostream.bench_soak import SAMPLE_KEYS, verdict
+from endostream.bench.soak import SAMPLE_KEYS, verdict
 from endostream.cli import main
 
 TH = {"settle_s": 0, "max_rss_growth_mb_per_h": 20, "rss_noise_mb": 8, "max_p50_drift_ms": 5,

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import (CONSUME_FAST, cli, count_video_frames, free_endpoint, make_clip, read_rows,
                       summary, wait_consumer_ready)
-from endostream.consumer import Controls, MaskResult, OverlayStage, dice, read_journal
-from endostream.overlay import HudInfo
+from endostream.consumer.app import Controls, MaskResult, OverlayStage, dice, read_journal
+from endostream.consumer.overlay import HudInfo
 from endostream.types import Frame, Prediction
 
 LAPAROSCOPY = Path(__file__).resolve().parent.parent.parent / "shared/data/laparoscopy/endovis2017-sample/short_source.mp4"
@@ -103,7 +103,7 @@ def test_laparoscopy_clip_lossless_records_all_20_frames_and_paints_no_polyp(tmp
 
 def _hand_header(kind: int, seq: int, *, epoch: int = 7, w: int = 0, h: int = 0, payload: int = 0,
                  pixfmt: int = 0, codec: int = 0, channels: int = 0) -> bytes:
-    """docs/PROTOCOL.md, built by hand: 128 bytes little-endian; no endostream.wire import."""
+    """docs/PROTOCOL.md, built by hand: 128 bytes little-endian; no endostream.protocol.wire import."""
     import struct
 
     fixed = struct.pack("<2sBBIQQQQHHHBBBBHI", b"ES", 1, kind, 0, epoch, seq, seq,

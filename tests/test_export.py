@@ -89,7 +89,7 @@ def test_network_without_temporal_module_runs_through_onnxruntime(tmp_path) -> N
 
     from endostream.model.io import save_weights
     from endostream.model.network import NetConfig, PolypNet
-    from endostream.segmenter import load_segmenter
+    from endostream.inference.segmenter import load_segmenter
 
     torch.manual_seed(0)
     save_weights(PolypNet(NetConfig(input_size=64, temporal=False)).eval(), tmp_path / "plain.pt")

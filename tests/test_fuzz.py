@@ -18,10 +18,10 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from endostream import wire
-from endostream.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol import wire
+from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
 from endostream.types import Frame
-from endostream.wire import EndOfStream
+from endostream.protocol.wire import EndOfStream
 
 N = int(os.environ.get("ENDOSTREAM_FUZZ_N", "2000"))
 BATCH = 20

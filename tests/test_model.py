@@ -9,7 +9,7 @@ import torch
 from endostream.model.io import load_weights, save_weights
 from endostream.model.network import NetConfig, PolypNet
 from endostream.runtime.torch_backend import TorchBackend
-from endostream.segmenter import Segmenter
+from endostream.inference.segmenter import Segmenter
 from endostream.training.losses import FrameDiscriminator, generator_adv_loss
 
 S = 64  # tiny input: shapes scale with it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from endostream.overlay import MASK_BGR, HudInfo, draw_overlay
+from endostream.consumer.overlay import MASK_BGR, HudInfo, draw_overlay
 from endostream.types import Prediction
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from endostream.segmenter import Segmenter, load_segmenter
+from endostream.inference.segmenter import Segmenter, load_segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "polyp.pt"

@@ -16,7 +16,7 @@ WEIGHTS = ROOT / "weights" / "polyp.pt"
 
 NO_TORCH = r"""
 import sys, numpy as np
-from endostream.segmenter import load_segmenter
+from endostream.inference.segmenter import load_segmenter
 seg = load_segmenter(weights=sys.argv[1], backend=sys.argv[2], steps=2, threads=1)
 img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
 for _ in range(2):

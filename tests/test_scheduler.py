@@ -69,5 +69,5 @@ def test_scheduler_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, endostream.model.scheduler, endostream.segmenter; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, endostream.model.scheduler, endostream.inference.segmenter; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

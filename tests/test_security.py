@@ -14,8 +14,8 @@ import pytest
 import zmq
 from omegaconf import OmegaConf
 
-from endostream import security
-from endostream.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol import security
+from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
 from endostream.types import Frame
 
 PATTERN = bytes(range(256)) * 48  # 48x64x4... recognisable bytes, easy to find on the wire

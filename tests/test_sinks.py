@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from endostream.sinks import (GuardedSink, MaskSink, SinkError, VideoSink, WindowSink, ZmqRepublishSink,
+from endostream.consumer.sinks import (GuardedSink, MaskSink, SinkError, VideoSink, WindowSink, ZmqRepublishSink,
                               gui_available, make_sinks)
 from endostream.types import Frame, Prediction
 
@@ -59,7 +59,7 @@ def test_video_sink_survives_sigkill(tmp_path):
     out = tmp_path / "killed.mp4"
     script = textwrap.dedent(f"""
         import time, numpy as np
-        from endostream.sinks import VideoSink
+        from endostream.consumer.sinks import VideoSink
         from endostream.types import Frame
         sink = VideoSink({str(out)!r}, fps=25, keyframe_interval=5)
         img = np.zeros((48, 64, 3), np.uint8)
@@ -139,7 +139,7 @@ def test_video_sink_disk_full_is_one_clear_error():
 
 def test_zmq_republish_sink_sends_wire_jpeg():
     zmq = pytest.importorskip("zmq")
-    from endostream import wire
+    from endostream.protocol import wire
 
     sink = ZmqRepublishSink("tcp://127.0.0.1:0")
     endpoint = sink._sock.getsockopt(zmq.LAST_ENDPOINT).decode()

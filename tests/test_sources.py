@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from endostream.sources import SourceError, natural_key, open_source
+from endostream.capture.sources import SourceError, natural_key, open_source
 
 CLINICDB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cvc-clinicdb"
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo" / "clinicdb_demo.mp4"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zmq
 
-from endostream import wire
-from endostream.transport import (LiveReceiver, LiveSender, LosslessReceiver, LosslessSender,
+from endostream.protocol import wire
+from endostream.protocol.transport import (LiveReceiver, LiveSender, LosslessReceiver, LosslessSender,
                                   check_bind_endpoint, open_receiver, open_sender)
 from endostream.types import Frame
-from endostream.wire import EndOfStream, FrameMessage
+from endostream.protocol.wire import EndOfStream, FrameMessage
 
 ANY_TCP = "tcp://127.0.0.1:*"
 

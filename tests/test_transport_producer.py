@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from endostream.producer import run_producer
-from endostream.transport import LiveSender, LosslessReceiver
+from endostream.capture.producer import run_producer
+from endostream.protocol.transport import LiveSender, LosslessReceiver
 from endostream.types import Frame
-from endostream.wire import EndOfStream, FrameMessage
+from endostream.protocol.wire import EndOfStream, FrameMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "endostream.cli"]

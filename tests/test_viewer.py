@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from endostream.viewer import MjpegViewer, is_loopback
+from endostream.consumer.viewer import MjpegViewer, is_loopback
 
 
 def _chromium() -> str | None:

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from endostream import wire
+from endostream.protocol import wire
 from endostream.types import Frame
-from endostream.wire import (HEADER_SIZE, Ack, EndOfStream, FrameMessage, Header, Heartbeat,
+from endostream.protocol.wire import (HEADER_SIZE, Ack, EndOfStream, FrameMessage, Header, Heartbeat,
                              WireError, decode_message, encode_ack, encode_end_of_stream,
                              encode_frame, encode_heartbeat, pack_header, unpack_header)
 

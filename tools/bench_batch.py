@@ -25,7 +25,7 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from endostream.batch import run as batch_run  # noqa: E402
+from endostream.batch.run import run as batch_run  # noqa: E402
 from endostream.cli import compose  # noqa: E402
 
 FPS = 25

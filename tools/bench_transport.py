@@ -42,7 +42,7 @@ def test_image(width: int, height: int) -> np.ndarray:
 
 def _produce_endostream(mode: str, endpoint: str, width: int, height: int, codec: str, n: int,
                         window: int, pace_fps: float | None) -> None:
-    from endostream.transport import LiveSender, LosslessSender
+    from endostream.protocol.transport import LiveSender, LosslessSender
     from endostream.types import Frame
 
     img = test_image(width, height)
@@ -101,8 +101,8 @@ def _stats(lat_ns: list[int], t_first: int, t_last: int, got: int, sent: int) ->
 
 def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, window: int = 32,
                    pace_fps: float | None = None) -> dict:
-    from endostream.transport import LiveReceiver, LosslessReceiver
-    from endostream.wire import EndOfStream
+    from endostream.protocol.transport import LiveReceiver, LosslessReceiver
+    from endostream.protocol.wire import EndOfStream
 
     rx = LosslessReceiver("tcp://127.0.0.1:*") if mode == "lossless" else \
         LiveReceiver("tcp://127.0.0.1:*", rcvhwm=4)

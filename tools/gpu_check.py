@@ -36,7 +36,7 @@ def model_inputs(cfg: dict[str, Any], frames: int = 6) -> list[np.ndarray]:
         folder = Path("/work/shared/data/cvc-clinicdb/images")
         imgs = [cv2.imread(str(folder / f"{i}.png")) for i in range(1, frames + 1)]
         if all(i is not None for i in imgs):
-            from endostream.preprocess import find_fov, to_input
+            from endostream.inference.preprocess import find_fov, to_input
 
             return [to_input(i, s, find_fov(i)) for i in imgs]
     except ImportError:
@@ -48,7 +48,7 @@ def model_inputs(cfg: dict[str, Any], frames: int = 6) -> list[np.ndarray]:
 def sequence(be: Any, inputs: list[np.ndarray], steps: int = 2) -> list[np.ndarray]:
     """The Segmenter's model-grid loop (memory + warm start) without preprocessing."""
     from endostream.model.scheduler import MaskScheduler
-    from endostream.stream_state import StreamState
+    from endostream.inference.stream_state import StreamState
 
     cfg = be.config
     s = int(cfg["input_size"])

@@ -8,7 +8,7 @@ clip. The same affine transform warps frame and mask, so the clip keeps exact gr
 Writes, into ``--out`` (default ``assets/demo``):
   clinicdb_demo.mp4        H.264 (libx264, yuv420p), 384x288, 25 fps
   clinicdb_demo_masks.mkv  the masks, FFV1 gray (lossless), one per video frame; the sidecar
-                           that :func:`endostream.sources.open_source` attaches as ``gt_mask``
+                           that :func:`endostream.capture.sources.open_source` attaches as ``gt_mask``
 
 Usage: python tools/make_demo_clip.py [--data ../shared/data/cvc-clinicdb] [--sequences 19 23]
 """

@@ -18,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from endostream.bench_report import machine
-from endostream.evaluate import ablation_markdown, flicker, score_items
+from endostream.bench.report import machine
+from endostream.training.evaluate import ablation_markdown, flicker, score_items
 from endostream.fileutil import file_sha256
-from endostream.segmenter import load_segmenter
+from endostream.inference.segmenter import load_segmenter
 from endostream.training.dataset import load_splits
 from endostream.training.validate import load_eval_items
 

@@ -13,6 +13,7 @@ feature half), computed once per frame. All tensors float32; B is the only dynam
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ ENCODE_INPUTS = ("image", "memory", "valid")
 ENCODE_OUTPUTS = ("feat", "aux_logits", "presence_logit", "box", "memory_out")
 DENOISE_INPUTS = ("feat", "noisy_mask", "t")
 DENOISE_OUTPUTS = ("logits",)
+
+
+def cache_dir() -> Path:
+    """Where exported graphs and engines are cached when the weights' folder is read-only."""
+    return Path(os.environ.get("ENDOSTREAM_CACHE", Path.home() / ".cache" / "endostream"))
 
 
 def graph_paths(weights: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

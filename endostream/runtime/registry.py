@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from endostream.fileutil import file_sha256
-from endostream.runtime.artifacts import check_artifacts, graph_paths
+from endostream.runtime.artifacts import cache_dir, check_artifacts, graph_paths
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
@@ -22,10 +22,6 @@ def has_nvidia_gpu() -> bool:
     """An NVIDIA driver is loaded. Checked without importing torch (``auto`` on a CPU machine
     must stay torch-free)."""
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ENDOSTREAM_CACHE", Path.home() / ".cache" / "endostream"))
 
 
 def resolve_graphs(weights: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:

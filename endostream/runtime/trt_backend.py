@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
-from endostream.runtime.artifacts import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
+from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS,
+                                          cache_dir)
 
 NOT_INSTALLED = ("TensorRT is not installed (python module 'tensorrt'): install TensorRT 10 from NVIDIA, "
                  "or use backend=onnxruntime or backend=torch")
@@ -82,7 +83,6 @@ class TensorRTBackend:
             raise RuntimeError("backend=tensorrt needs a CUDA GPU, and torch sees none")
         if precision not in ("fp16", "fp32"):
             raise ValueError(f"tensorrt precision must be fp16 or fp32, got {precision!r}")
-        from endostream.runtime.registry import cache_dir
 
         self.torch, self.trt = torch, trt
         self.device = torch.device(device if device.startswith("cuda") else "cuda")

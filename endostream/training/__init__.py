@@ -1,1 +1,3 @@
-"""Training only: data, augmentation, losses, loop. The runtime never imports this package."""
+"""Training and evaluation: data, augmentation, losses, loop, validation, metrics, ``eval``.
+
+May import model, runtime and inference; the runtime and the consumer never import this package."""

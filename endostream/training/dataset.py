@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from endostream.preprocess import find_fov
+from endostream.inference.preprocess import find_fov
 
 VAL_CLINIC_SEQUENCES = (3, 7, 11, 15, 19, 23)  # 6 of 24 sequences, spread over the set
 VAL_KVASIR_COUNT = 90

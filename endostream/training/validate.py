@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from endostream.metrics import dice_binary as dice
+from endostream.training.metrics import dice_binary as dice
 from endostream.runtime.torch_backend import TorchBackend
-from endostream.segmenter import Segmenter
+from endostream.inference.segmenter import Segmenter
 from endostream.training.dataset import Sample, read_mask
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from endostream.batch_inputs import VideoJob
-from endostream.batch_local import OnProgress, OnResult, crash_result
-from endostream.batch_video import BatchWorker, VideoOptions
+from endostream.batch.inputs import VideoJob
+from endostream.batch.local import OnProgress, OnResult, crash_result
+from endostream.batch.video import BatchWorker, VideoOptions
 
 
 def _import_ray() -> Any:

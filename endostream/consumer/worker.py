@@ -1,5 +1,5 @@
 """Consumer stage 2: frame modality -> model, and the live worker that runs it on the newest
-frame. Used by :mod:`endostream.consumer`."""
+frame. Used by :mod:`endostream.consumer.app`."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class ModelRouter:
         return seg, spec
 
     def _load(self, spec: ModalitySpec) -> Any:
-        from endostream.segmenter import load_segmenter
+        from endostream.inference.segmenter import load_segmenter
 
         kwargs = segmenter_kwargs(self.config_dir, spec, self.overrides)
         seg = load_segmenter(**kwargs)

@@ -2,7 +2,7 @@
 
 transport  producer process(es) -> ZeroMQ -> receiver loop here; no model. Ends at ``decode``.
 model      preprocess + model (Segmenter.segment) on frames held in memory, back to back.
-pipeline   producer process(es) -> the real Consumer (endostream.consumer): receive, decode,
+pipeline   producer process(es) -> the real Consumer (endostream.consumer.app): receive, decode,
            segment, overlay, sinks. Ends at ``sink`` (the sink has written the frame).
            ``producers > 1`` is the "multi" scenario (N producers into one consumer).
 
@@ -64,9 +64,9 @@ def _row_to_record(row: dict[str, Any]) -> dict[str, Any]:
 
 def _producer_main(args: dict[str, Any], results: Any) -> None:
     """Child process: open the source, connect, send ``count`` frames, report counts."""
-    from endostream.bench_source import open_frames
-    from endostream.producer import run_producer
-    from endostream.transport import open_sender
+    from endostream.bench.source import open_frames
+    from endostream.capture.producer import run_producer
+    from endostream.protocol.transport import open_sender
 
     try:
         frames = open_frames(args["source"], args["synthetic"], count=args["count"],
@@ -138,8 +138,8 @@ def _transport_block(cfg: Any) -> dict[str, Any]:
 
 def run_transport(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     """Producer(s) -> receiver, no model: what the wire and the sockets cost."""
-    from endostream.transport import LiveReceiver, open_receiver
-    from endostream.wire import EndOfStream
+    from endostream.protocol.transport import LiveReceiver, open_receiver
+    from endostream.protocol.wire import EndOfStream
 
     tb = _transport_block(cfg)
     n, count = int(cfg.producers), int(cfg.frames)
@@ -178,7 +178,7 @@ def _model_kwargs(cfg: Any, modality: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from endostream.cli import config_dir
-    from endostream.consumer_inference import modality_spec, segmenter_kwargs
+    from endostream.consumer.worker import modality_spec, segmenter_kwargs
 
     spec = modality_spec(OmegaConf.load(config_dir() / "modality" / f"{modality}.yaml"))
     return segmenter_kwargs(config_dir(), spec, OmegaConf.to_container(cfg.model, resolve=True))
@@ -188,8 +188,8 @@ def run_model(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     """Preprocess + model only, frames already decoded in memory, one after another."""
     from omegaconf import OmegaConf
 
-    from endostream.bench_source import open_frames
-    from endostream.segmenter import load_segmenter
+    from endostream.bench.source import open_frames
+    from endostream.inference.segmenter import load_segmenter
 
     src = OmegaConf.to_container(cfg.source, resolve=True)
     modality = str(src.get("modality") or "colonoscopy")
@@ -239,7 +239,7 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     """Producer(s) -> the real consumer (transport, decode, model, overlay, sinks)."""
     from omegaconf import OmegaConf
 
-    from endostream.consumer import build
+    from endostream.consumer.app import build
 
     tb = _transport_block(cfg)
     src = OmegaConf.to_container(cfg.source, resolve=True)

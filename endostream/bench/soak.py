@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from endostream import bench_report
-from endostream.bench_report import _fmt as _f
-from endostream.bench_source import describe
+from endostream.bench import report as bench_report
+from endostream.bench.report import _fmt as _f
+from endostream.bench.source import describe
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +281,9 @@ def run(cfg: Any) -> int:
     from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from endostream.bench_scenarios import (Producers, _consume_cfg, _producer_args,
+    from endostream.bench.scenarios import (Producers, _consume_cfg, _producer_args,
                                             _transport_block)
-    from endostream.consumer import build
+    from endostream.consumer.app import build
 
     sc = cfg.soak
     duration = float(cfg.duration_s)

@@ -11,7 +11,7 @@ lossless  producer DEALER (connect) -> consumer ROUTER (bind), default tcp://127
           receiver delivers each seq once, in order, optionally persisting what it finished.
 
 The consumer binds (one hub, many producers connect), to loopback unless allow_remote=True.
-Every socket can be CURVE-encrypted and authenticated (endostream.security).
+Every socket can be CURVE-encrypted and authenticated (endostream.protocol.security).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 
 import zmq
 
-from endostream import wire
-from endostream.security import ClientKeys, ServerKeys, secure_client, secure_server, start_auth, stop_auth
+from endostream.protocol import wire
+from endostream.protocol.security import ClientKeys, ServerKeys, secure_client, secure_server, start_auth, stop_auth
 from endostream.types import Frame
-from endostream.wire import Ack, EndOfStream, FrameMessage, Heartbeat, WireError
+from endostream.protocol.wire import Ack, EndOfStream, FrameMessage, Heartbeat, WireError
 
 log = logging.getLogger(__name__)
 
@@ -647,7 +647,7 @@ def _security(cfg, server: bool) -> ServerKeys | ClientKeys | None:
     sec = cfg.get("security") or {}
     if not sec.get("enabled", False):
         return None
-    from endostream.security import load_client_keys, load_server_keys
+    from endostream.protocol.security import load_client_keys, load_server_keys
 
     if server:
         return load_server_keys(sec["keys_dir"], sec.get("server_key", "server"),

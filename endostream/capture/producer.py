@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from endostream.transport import LiveSender, LosslessSender, open_sender
+from endostream.protocol.transport import LiveSender, LosslessSender, open_sender
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def run(cfg) -> int:
     from omegaconf import OmegaConf
 
     OmegaConf.set_readonly(cfg, False)
-    from endostream.sources import open_source
+    from endostream.capture.sources import open_source
 
     frames = open_source(**_source_kwargs(cfg))  # a missing/corrupt file fails here, one line
     with open_sender(cfg.transport, codec=cfg.codec, jpeg_quality=int(cfg.jpeg_quality),

@@ -12,8 +12,8 @@ import numpy as np
 
 from endostream.fileutil import file_sha256
 from endostream.model.scheduler import MaskScheduler
-from endostream.preprocess import find_fov, paste_prob, to_input
-from endostream.stream_state import StreamState
+from endostream.inference.preprocess import find_fov, paste_prob, to_input
+from endostream.inference.stream_state import StreamState
 from endostream.types import Prediction
 
 

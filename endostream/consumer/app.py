@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from endostream.consumer_inference import (Inference, InferenceWorker, MaskResult, ModalitySpec,
+from endostream.consumer.worker import (Inference, InferenceWorker, MaskResult, ModalitySpec,
                                            ModelRouter, modality_spec)
-from endostream.consumer_stages import Controls, OverlayStage, Shown, SinkStage
-from endostream.consumer_telemetry import (RecordCallback, Records, StreamInfo, Telemetry, dice,
+from endostream.consumer.stages import Controls, OverlayStage, Shown, SinkStage
+from endostream.consumer.telemetry import (RecordCallback, Records, StreamInfo, Telemetry, dice,
                                            percentiles, read_journal)
-from endostream.overlay import HudInfo
+from endostream.consumer.overlay import HudInfo
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Consumer:
 
     # ---- lossless
     def run_lossless(self) -> None:
-        from endostream.wire import EndOfStream
+        from endostream.protocol.wire import EndOfStream
 
         last_activity = time.monotonic()
         last_msgs = self.rx.stats.messages
@@ -314,8 +314,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
     from omegaconf import OmegaConf
 
     from endostream.cli import config_dir
-    from endostream.sinks import make_sinks
-    from endostream.transport import open_receiver
+    from endostream.consumer.sinks import make_sinks
+    from endostream.protocol.transport import open_receiver
 
     mode = str(cfg.transport.mode)
     out = Path(str(cfg.out))

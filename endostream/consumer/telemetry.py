@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from endostream.consumer_stages import Shown
+from endostream.consumer.stages import Shown
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)

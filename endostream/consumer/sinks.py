@@ -7,7 +7,7 @@ the live overlay running without it.
 - :class:`MaskSink`    one PNG per frame, ``s{stream}_{seq:08d}.png``, written atomically;
 - :class:`ZmqRepublishSink` the overlay as JPEG over ZeroMQ PUB, in wire protocol v1;
 - :class:`WindowSink`  ``cv2.imshow`` when OpenCV has a GUI (``opencv-python-headless`` has none);
-- :class:`ViewerSink`  the browser viewer (:mod:`endostream.viewer`).
+- :class:`ViewerSink`  the browser viewer (:mod:`endostream.consumer.viewer`).
 
 Sink configs (``configs/sink/*.yaml``) each hold one named ``_target_`` entry; build the chosen
 ones with :func:`make_sinks`.
@@ -195,7 +195,7 @@ class MaskSink:
 class ZmqRepublishSink:
     """Publish each overlay as a JPEG frame message (wire protocol v1) on a ZeroMQ PUB socket.
 
-    Remote viewers SUB to ``endpoint`` and decode with :func:`endostream.wire.decode_message`;
+    Remote viewers SUB to ``endpoint`` and decode with :func:`endostream.protocol.wire.decode_message`;
     the header keeps the source frame's stream id, seq and capture time. PUB never blocks:
     a slow subscriber loses frames (send high-water mark ``hwm``), the consumer never waits.
 
@@ -226,7 +226,7 @@ class ZmqRepublishSink:
     def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
         import zmq
 
-        from endostream import wire
+        from endostream.protocol import wire
 
         out = Frame(stream_id=frame.stream_id, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
                     image=overlay_bgr, modality=frame.modality, stamps_ns=dict(frame.stamps_ns))
@@ -284,7 +284,7 @@ class ViewerSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, *, token: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None, jpeg_quality: int = 80) -> None:
-        from endostream.viewer import MjpegViewer
+        from endostream.consumer.viewer import MjpegViewer
 
         try:
             self.viewer = MjpegViewer(host, port, token=token, certfile=certfile, keyfile=keyfile,

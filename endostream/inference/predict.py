@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
-from endostream.segmenter import load_segmenter
-from endostream.sources import image_files
+from endostream.inference.segmenter import load_segmenter
+from endostream.capture.sources import image_files
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from endostream.batch_inputs import VideoJob
-from endostream.batch_video import BatchWorker, VideoOptions
+from endostream.batch.inputs import VideoJob
+from endostream.batch.video import BatchWorker, VideoOptions
 
 OnProgress = Callable[[int], None]
 OnResult = Callable[[VideoJob, dict[str, Any]], None]

@@ -1,5 +1,5 @@
 """Consumer stages 3 and 4: the overlay (newest mask, its age, the staleness rule, run-time
-controls) and the sinks. Used by :mod:`endostream.consumer`."""
+controls) and the sinks. Used by :mod:`endostream.consumer.app`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from endostream.consumer_inference import MaskResult
-from endostream.overlay import HudInfo, draw_overlay
+from endostream.consumer.worker import MaskResult
+from endostream.consumer.overlay import HudInfo, draw_overlay
 from endostream.types import Frame, Prediction
 
 log = logging.getLogger(__name__)

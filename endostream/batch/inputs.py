@@ -42,7 +42,7 @@ def list_inputs(spec: str | Sequence[str]) -> list[str]:
     """Expand ``input=``: a folder (its video files, natural order), a glob, a list file (one
     path per line, relative to the list's folder, ``#`` comments), one video, or a list of
     any of these. Listed paths that do not exist are kept, so they are reported as failed."""
-    from endostream.sources import natural_key
+    from endostream.capture.sources import natural_key
 
     if not isinstance(spec, (str, os.PathLike)):
         return [p for item in spec for p in list_inputs(str(item))]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from endostream.batch_inputs import VideoJob
+from endostream.batch.inputs import VideoJob
 
 STREAM_ID = 0  # fixed per video: the segmenter seeds its noise from the stream id
 CSV_COLUMNS = ("frame", "timestamp_s", "presence", "gated", "x0", "y0", "x1", "y1", "mask_area_px")
@@ -84,7 +84,7 @@ def _video_fps(path: str) -> float:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else ""
-    from endostream.sources import SourceError
+    from endostream.capture.sources import SourceError
 
     return msg if isinstance(exc, (SourceError, OSError)) and msg else f"{type(exc).__name__}: {msg}"
 
@@ -113,7 +113,7 @@ class BatchWorker:
 
     def __init__(self, model_cfg: dict[str, Any], options: VideoOptions, out_root: str,
                  executor: str = "local") -> None:
-        from endostream.segmenter import load_segmenter
+        from endostream.inference.segmenter import load_segmenter
 
         self.seg = load_segmenter(**model_cfg)
         self.threads = int(model_cfg.get("threads", 1))
@@ -155,9 +155,9 @@ class BatchWorker:
                 "actor_id": self.actor_id}
 
     def _segment_video(self, job: VideoJob, folder: Path, counter: _Progress) -> dict[str, Any]:
-        from endostream.overlay import HudInfo, draw_overlay
-        from endostream.sinks import MaskSink, VideoSink
-        from endostream.sources import open_source
+        from endostream.consumer.overlay import HudInfo, draw_overlay
+        from endostream.consumer.sinks import MaskSink, VideoSink
+        from endostream.capture.sources import open_source
 
         frames = open_source(job.input, gt=job.gt)  # raises SourceError for an unreadable file
         fps = _video_fps(job.input)
@@ -184,7 +184,7 @@ class BatchWorker:
                         mask_video.write(pred.mask)
                     if frame.gt_mask is not None:
                         if metrics is None:
-                            from endostream.metrics import VideoMetrics
+                            from endostream.training.metrics import VideoMetrics
 
                             metrics = VideoMetrics()
                         metrics.add(job.name, pred.prob, frame.gt_mask)

@@ -1,6 +1,6 @@
 """`endostream eval`: score a segmenter configuration on the validation split or on a folder.
 
-Metrics follow the SUN-SEG video protocol (endostream.metrics). Stills are scored one by one
+Metrics follow the SUN-SEG video protocol (endostream.training.metrics). Stills are scored one by one
 with the memory reset; sequences are streamed in order, so temporal memory and warm start act
 as they do live. Also reported: Dice by polyp size, CPU latency per frame, and mask flicker on
 clips synthesised from the validation stills.
@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from endostream.metrics import VideoMetrics, dice_binary
-from endostream.segmenter import Segmenter, load_segmenter
+from endostream.training.metrics import VideoMetrics, dice_binary
+from endostream.inference.segmenter import Segmenter, load_segmenter
 
 SIZE_BINS = (("small", 0.0, 0.02), ("medium", 0.02, 0.10), ("large", 0.10, 1.01))  # polyp area / frame area
 
@@ -115,7 +115,7 @@ class _Item:
 
 
 def _folder_items(images: Path, masks: Path, sequence: bool) -> list[_Item]:
-    from endostream.predict import list_images
+    from endostream.inference.predict import list_images
 
     items = []
     for p in list_images(images):

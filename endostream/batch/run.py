@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from endostream.batch_inputs import VideoJob, frame_count, plan_jobs
-from endostream.batch_manifest import Manifest, clean_partials, finished
-from endostream.batch_video import VideoOptions
+from endostream.batch.inputs import VideoJob, frame_count, plan_jobs
+from endostream.batch.manifest import Manifest, clean_partials, finished
+from endostream.batch.video import VideoOptions
 
 # Model settings that change the masks; a finished video is re-done when one of them changes.
 _MASK_SETTINGS = ("steps", "warm_start", "warm_start_t", "warm_steps", "presence_threshold",
@@ -54,7 +54,7 @@ def default_workers(threads: int) -> int:
 def run(cfg: DictConfig) -> int:
     from tqdm import tqdm
 
-    from endostream.batch_report import print_table
+    from endostream.batch.report import print_table
 
     for key in ("input", "output"):
         if OmegaConf.is_missing(cfg, key):
@@ -99,12 +99,12 @@ def run(cfg: DictConfig) -> int:
         if not todo:
             pass
         elif cfg.executor == "local":
-            from endostream.batch_local import run_local
+            from endostream.batch.local import run_local
 
             run_local(todo, model, options, str(out_root), workers=workers or default_workers(threads),
                       on_progress=fbar.update, on_result=on_result)
         elif cfg.executor == "ray":
-            from endostream.batch_ray import run_ray
+            from endostream.batch.ray_pool import run_ray
 
             init = OmegaConf.to_container(cfg.ray.init, resolve=True) if cfg.ray.init else {}
             run_ray(todo, model, options, str(out_root), workers=workers, on_progress=fbar.update,

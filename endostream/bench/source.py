@@ -54,7 +54,7 @@ def open_frames(source: dict[str, Any], synthetic: dict[str, Any], *, count: int
         return synthetic_frames(width=int(synthetic["width"]), height=int(synthetic["height"]),
                                 fps=float(synthetic["fps"]), count=count, pace=pace,
                                 stream_id=stream_id, modality=modality)
-    from endostream.sources import open_source
+    from endostream.capture.sources import open_source
 
     kw = {k: v for k, v in source.items() if k not in ("pace", "loop", "max_frames", "stream_id")}
     return open_source(**kw, pace=pace, loop=True, max_frames=count, stream_id=stream_id)

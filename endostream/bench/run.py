@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from endostream import bench_clock, bench_report
-from endostream.bench_scenarios import SCENARIOS, RunResult
-from endostream.bench_source import describe
-from endostream.bench_stats import analyze
+from endostream.bench import clock as bench_clock
+
+from endostream.bench import report as bench_report
+from endostream.bench.scenarios import SCENARIOS, RunResult
+from endostream.bench.source import describe
+from endostream.bench.stats import analyze
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def run(cfg: Any) -> int:
     if cfg.scenario == "clock_server":
         return _serve_clock(cfg)
     if cfg.scenario == "soak":
-        from endostream import bench_soak
+        from endostream.bench import soak as bench_soak
 
         return bench_soak.run(cfg)
     if cfg.scenario not in SCENARIOS:
@@ -215,7 +217,7 @@ def run(cfg: Any) -> int:
 
 
 def _order_index(boundary: str) -> tuple[int, int]:
-    from endostream.bench_stats import BOUNDARIES
+    from endostream.bench.stats import BOUNDARIES
 
     if boundary.startswith("step") and boundary[4:].isdigit():
         return BOUNDARIES.index("step*"), int(boundary[4:])

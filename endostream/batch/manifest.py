@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from endostream.batch_inputs import VideoJob
+from endostream.batch.inputs import VideoJob
 from endostream.fileutil import atomic_write_json
 
 

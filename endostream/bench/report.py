@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from endostream.bench_stats import stage_durations
+from endostream.bench.stats import stage_durations
 
 _PACKAGES = ("endostream", "numpy", "torch", "onnxruntime", "pyzmq", "opencv-python-headless",
              "av", "hydra-core")
