@@ -10,7 +10,7 @@ from torch import nn
 
 from endostream.model.blocks import ConvBNReLU, upsample_to
 from endostream.model.denoiser import Denoiser
-from endostream.model.encoder import Encoder
+from endostream.model.encoder import build_encoder
 from endostream.model.heads import GlobalHeads
 from endostream.model.temporal import FramePredictor, TemporalFusion
 
@@ -18,8 +18,11 @@ from endostream.model.temporal import FramePredictor, TemporalFusion
 @dataclass
 class NetConfig:
     input_size: int = 256  # 256 keeps encoder + K=2 well under 20 ms on 2 CPU cores
-    widths: tuple[int, int, int, int] = (32, 48, 96, 160)
-    blocks: tuple[int, int, int, int] = (1, 1, 2, 1)
+    # "cnn": the first generation's from-scratch encoder (the default so its saved configs still
+    # load); "efficientnet_lite0" (ImageNet-pretrained in training) is what configs/train.yaml ships.
+    encoder: str = "cnn"
+    widths: tuple[int, int, int, int] = (32, 48, 96, 160)  # cnn only; EfficientNet's widths are its own
+    blocks: tuple[int, int, int, int] = (1, 1, 2, 1)  # cnn only
     neck_channels: int = 64  # FPN width; also the temporal memory's channels
     feat_channels: int = 48  # stride-4 features the denoiser reuses at every step
     denoiser_hidden: int = 24  # 0.21 GFLOP per step at 256: K steps stay cheap next to the encoder
@@ -44,10 +47,10 @@ class NetConfig:
 class Neck(nn.Module):
     """FPN top-down fusion; the temporal module acts on the stride-16 level before top-down."""
 
-    def __init__(self, cfg: NetConfig) -> None:
+    def __init__(self, cfg: NetConfig, widths: tuple[int, ...]) -> None:
         super().__init__()
         n = cfg.neck_channels
-        self.lateral = nn.ModuleList([nn.Conv2d(w, n, 1) for w in cfg.widths])
+        self.lateral = nn.ModuleList([nn.Conv2d(w, n, 1) for w in widths])
         self.temporal = TemporalFusion(n) if cfg.temporal else None
         self.smooth3 = ConvBNReLU(n, n)
         self.smooth2 = ConvBNReLU(n, cfg.feat_channels)
@@ -81,10 +84,13 @@ class PolypNet(nn.Module):
         super().__init__()
         self.cfg = cfg or NetConfig()
         c = self.cfg
-        self.encoder = Encoder(c.widths, c.blocks)
-        self.neck = Neck(c)
+        if c.encoder != "cnn" and c.input_size % 32:
+            raise ValueError(f"model.input_size={c.input_size}: {c.encoder} needs a multiple of 32")
+        self.encoder = build_encoder(c.encoder, c.widths, c.blocks)
+        widths = tuple(self.encoder.widths)
+        self.neck = Neck(c, widths)
         self.aux_head = nn.Conv2d(c.feat_channels, 1, 1)
-        self.heads = GlobalHeads(c.widths[3])
+        self.heads = GlobalHeads(widths[3])
         self.denoiser = Denoiser(c.feat_channels, c.denoiser_hidden, num_train_steps=c.num_train_steps)
         # Training-only generator of the Diff-VPS auxiliary task (not exported).
         self.frame_predictor = FramePredictor(c.neck_channels) if c.temporal else None

@@ -145,7 +145,14 @@ def run(cfg) -> int:
     net_cfg = NetConfig.from_dict(dict(cfg.model))
     model = PolypNet(net_cfg).to(memory_format=torch.channels_last)
     disc = FrameDiscriminator() if (net_cfg.temporal and tc.adversarial) else None
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay))
+    # A pretrained encoder learns at a fraction of the rest's rate (it starts from useful features;
+    # the neck, heads and denoiser start from random ones).
+    enc_scale = float(tc.get("encoder_lr_scale", 1.0))
+    enc_params = list(model.encoder.parameters())
+    enc_ids = {id(q) for q in enc_params}
+    opt = torch.optim.AdamW([{"params": enc_params, "scale": enc_scale},
+                             {"params": [q for q in model.parameters() if id(q) not in enc_ids], "scale": 1.0}],
+                            lr=float(tc.lr), weight_decay=float(tc.weight_decay))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=float(tc.lr) * 0.5, betas=(0.5, 0.999)) if disc else None
     sched = MaskScheduler(net_cfg.num_train_steps, net_cfg.mask_scale)
     step, elapsed, best = 0, 0.0, -1.0
@@ -163,6 +170,12 @@ def run(cfg) -> int:
         # Continue an earlier run's network (e.g. the shipped weights) with a fresh schedule.
         meta = init_from_weights(model, tc.init_weights)
         print(f"initialised from {tc.init_weights} ({meta.get('minutes', 0):.0f} min of earlier training)")
+    elif tc.get("pretrained_encoder") and net_cfg.encoder != "cnn":
+        from endostream.model.efficientnet_lite import imagenet_weights_path
+
+        src = imagenet_weights_path(net_cfg.encoder.removeprefix("efficientnet_"))
+        model.encoder.load_imagenet(torch.load(src, map_location="cpu", weights_only=True))
+        print(f"encoder initialised from ImageNet weights {src.name}")
 
     t0 = time.time()
     splits = load_splits(cfg.data.root, int(cfg.data.cache_size), seed=int(tc.seed))
@@ -195,7 +208,7 @@ def run(cfg) -> int:
         ts = time.time()
         lr = _lr_at(elapsed / budget, step, float(tc.lr), int(tc.warmup_steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("scale", 1.0)
         batch = pending.result()
         pending = prefetch.submit(next_batch)
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
