@@ -33,7 +33,9 @@ class Prediction:
     the presence gate closes); ``presence``: polyp probability in [0, 1];
     ``box``: (x0, y0, x1, y1) in frame pixels or None; ``stages_ns``: monotonic timestamps
     taken at the segmenter's stage boundaries (``preprocess``, ``encoder``, ``step1``..,
-    ``postprocess``).
+    ``postprocess``). ``uncertainty``: HxW float32 in [0, 0.5], the per-pixel standard deviation
+    of the mask probability over several noise samples of the denoiser (None unless the
+    segmenter runs with ``uncertainty_samples`` >= 2); high along an unsure border.
     """
 
     prob: np.ndarray
@@ -42,6 +44,16 @@ class Prediction:
     box: tuple[int, int, int, int] | None
     gated: bool = False
     stages_ns: dict[str, int] = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
+
+    @property
+    def mean_uncertainty(self) -> float | None:
+        """Mean ``uncertainty`` over the pixels the mask or its border could cover (prob > 0.1);
+        0 when nothing is there, None when not computed."""
+        if self.uncertainty is None:
+            return None
+        region = self.prob > 0.1
+        return float(self.uncertainty[region].mean()) if region.any() else 0.0
 
     @property
     def area_px(self) -> int:

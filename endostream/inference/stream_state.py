@@ -24,6 +24,7 @@ class StreamState:
     frames_seen: int = field(init=False, default=0)
     rng: np.random.Generator = field(init=False)
     _noise: np.ndarray | None = field(init=False, default=None)
+    _sample_rng: np.random.Generator | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -36,6 +37,7 @@ class StreamState:
         # Seeded per stream so a replayed stream gives the same masks (reproducible overlays).
         self.rng = np.random.default_rng(self.seed)
         self._noise = None
+        self._sample_rng = None
 
     def push(self, memory_out: np.ndarray, prob_small: np.ndarray) -> None:
         """Append this frame's memory features (dropping the oldest) and remember its mask."""
@@ -46,6 +48,13 @@ class StreamState:
             self.valid[:, -1] = 1.0
         self.prev_prob = prob_small
         self.frames_seen += 1
+
+    def sample_noise(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Fresh noise for the uncertainty samples, from a generator of its own (seeded per stream)
+        so drawing it never changes the stream's fixed starting noise."""
+        if self._sample_rng is None:
+            self._sample_rng = np.random.default_rng([self.seed, 1])
+        return self._sample_rng.standard_normal(shape, dtype=np.float32)
 
     def noise(self, shape: tuple[int, ...]) -> np.ndarray:
         """The stream's starting noise: drawn once and reused for every frame, so the sampler is
