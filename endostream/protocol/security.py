@@ -152,6 +152,7 @@ class _AllowList:
         self._keys: set[bytes] = set()
         self._denied: dict[bytes, int] = {}
         self.denied_total = 0
+        self.last_refused: str | None = None  # key id, for the socket's handshake-failure line
 
     def _reload(self) -> None:
         mtime = self.allow_dir.stat().st_mtime
@@ -168,7 +169,9 @@ class _AllowList:
         if key in self._keys:
             return True
         n = self._denied.get(key, 0)
-        self._denied[key] = n + 1
+        if len(self._denied) < 10_000 or key in self._denied:  # bounded under a key flood
+            self._denied[key] = n + 1
+        self.last_refused = key_id(key)
         self.denied_total += 1
         if n % 100 == 0:
             log.warning("refused unknown CURVE client key_id=%s (attempt %d)", key_id(key), n + 1)

@@ -2,7 +2,7 @@
 
 A message is 2 parts (3 when a ground-truth mask rides along):
   part 0: a fixed 128-byte little-endian header (layout in ``HEADER`` and docs/PROTOCOL.md)
-  part 1: the payload (raw pixels or a JPEG file; empty for end-of-stream/heartbeat/ack)
+  part 1: the payload (raw pixels or a JPEG file; empty for every other kind)
   part 2: only when ``flags & FLAG_MASK``: HxW uint8 ground-truth mask, raw
 A fixed binary struct (not JSON) because it is cheap to parse, has no optional or unknown
 fields to argue about, and every byte can be validated. Nothing is ever unpickled.
@@ -25,7 +25,7 @@ VERSION = 1
 
 # kind, pixel format, codec and modality codes (u8). 0 is never valid for kind/pixfmt/codec,
 # so an all-zero header is rejected.
-KINDS = {"frame": 1, "end_of_stream": 2, "heartbeat": 3, "ack": 4}
+KINDS = {"frame": 1, "end_of_stream": 2, "heartbeat": 3, "ack": 4, "source_lost": 5}
 PIXFMTS = {"bgr8": (1, 3), "rgb8": (2, 3), "gray8": (3, 1)}  # name -> (code, channels)
 CODECS = {"raw": 1, "jpeg": 2}
 MODALITIES = {"other": 0, "colonoscopy": 1, "laparoscopy": 2}
@@ -52,7 +52,12 @@ _U32 = (1 << 32) - 1
 
 
 class WireError(ValueError):
-    """A message that does not follow wire protocol v1. The text is one line."""
+    """A message that does not follow wire protocol v1. The text is one line; ``reason`` is a
+    short stable key (e.g. ``jpeg_decode``) that receivers count and rate-limit logs by."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,18 @@ class EndOfStream:
 
 
 @dataclass(frozen=True)
+class SourceLost:
+    """The producer's source (camera, network stream) stopped delivering; the stream is not
+    over: frames may follow in the same epoch, from ``seq`` on (``seq`` = last frame's seq + 1;
+    it is not consumed). ``t_ns``: monotonic time the producer noticed the loss."""
+
+    stream_id: int
+    epoch: int
+    seq: int
+    t_ns: int = 0
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     stream_id: int
     epoch: int
@@ -121,7 +138,7 @@ class Ack:
     seq: int
 
 
-Message = Union[FrameMessage, EndOfStream, Heartbeat, Ack]
+Message = Union[FrameMessage, EndOfStream, SourceLost, Heartbeat, Ack]
 
 
 # ----------------------------------------------------------------------------- header
@@ -152,34 +169,34 @@ def pack_header(h: Header) -> bytes:
 def unpack_header(buf: bytes | memoryview) -> Header:
     """128 bytes -> Header, checking magic, version, every code and the stamp slots."""
     if len(buf) != HEADER_SIZE:
-        raise WireError(f"header is {len(buf)} bytes, expected {HEADER_SIZE}")
+        raise WireError(f"header is {len(buf)} bytes, expected {HEADER_SIZE}", "header_size")
     f = HEADER.unpack(buf)
     (magic, version, kind, stream_id, epoch, seq, window_start, t_cap, width, height,
      channels, pix, codec, modality, n_stamps, flags, payload_len) = f[:17]
     if magic != MAGIC:
-        raise WireError(f"bad magic {magic!r}, expected {MAGIC!r}")
+        raise WireError(f"bad magic {magic!r}, expected {MAGIC!r}", "magic")
     if version != VERSION:
-        raise WireError(f"unsupported protocol version {version}, expected {VERSION}")
+        raise WireError(f"unsupported protocol version {version}, expected {VERSION}", "version")
     if kind not in _KIND_NAMES:
-        raise WireError(f"unknown message kind {kind}, expected one of {sorted(_KIND_NAMES)}")
+        raise WireError(f"unknown message kind {kind}, expected one of {sorted(_KIND_NAMES)}", "kind")
     if modality not in _MODALITY_NAMES:
-        raise WireError(f"unknown modality code {modality}")
+        raise WireError(f"unknown modality code {modality}", "modality")
     if n_stamps > MAX_STAMPS:
-        raise WireError(f"stamp count {n_stamps} > {MAX_STAMPS}")
+        raise WireError(f"stamp count {n_stamps} > {MAX_STAMPS}", "stamp_count")
     if flags & ~FLAG_MASK:
-        raise WireError(f"unknown flag bits 0x{flags:04x}")
+        raise WireError(f"unknown flag bits 0x{flags:04x}", "flags")
     stamps = []
     for i in range(n_stamps):
         sid, ns = f[17 + 2 * i], f[18 + 2 * i]
         if sid not in _STAGE_NAMES:
-            raise WireError(f"unknown stage id {sid}")
+            raise WireError(f"unknown stage id {sid}", "stage")
         stamps.append((_STAGE_NAMES[sid], ns))
     if pix and pix not in _PIXFMT_NAMES:
-        raise WireError(f"unknown pixel format code {pix}")
+        raise WireError(f"unknown pixel format code {pix}", "pixfmt")
     if codec and codec not in _CODEC_NAMES:
-        raise WireError(f"unknown codec code {codec}")
+        raise WireError(f"unknown codec code {codec}", "codec")
     if window_start > seq:
-        raise WireError(f"window_start {window_start} > seq {seq}")
+        raise WireError(f"window_start {window_start} > seq {seq}", "window_start")
     return Header(_KIND_NAMES[kind], stream_id, epoch, seq, window_start, t_cap, width, height,
                   channels, _PIXFMT_NAMES.get(pix), _CODEC_NAMES.get(codec),
                   _MODALITY_NAMES[modality], flags, payload_len, tuple(stamps))
@@ -261,7 +278,16 @@ def encode_end_of_stream(stream_id: int, epoch: int, seq: int,
     return _control("end_of_stream", stream_id, epoch, seq, window_start=window_start)
 
 
+def encode_source_lost(stream_id: int, epoch: int, seq: int, t_ns: int | None = None,
+                       window_start: int | None = None) -> list:
+    """The source stopped (not end-of-stream); ``seq`` = last frame's seq + 1, not consumed:
+    the next frame may carry it."""
+    t = time.monotonic_ns() if t_ns is None else t_ns
+    return _control("source_lost", stream_id, epoch, seq, t, window_start=window_start)
+
+
 def encode_heartbeat(stream_id: int, epoch: int) -> list:
+    """seq and window_start are 0 (receivers ignore them); t_capture_ns = send time."""
     return _control("heartbeat", stream_id, epoch, 0, time.monotonic_ns())
 
 
@@ -277,11 +303,11 @@ def _jpeg_size(buf: memoryview) -> tuple[int, int, int]:
     file that declares a huge image cannot make us allocate it."""
     b = bytes(buf[:65536]) if len(buf) > 65536 else bytes(buf)
     if b[:2] != b"\xff\xd8":
-        raise WireError("invalid JPEG: no SOI marker")
+        raise WireError("invalid JPEG: no SOI marker", "jpeg_invalid")
     i = 2
     while i + 4 <= len(b):
         if b[i] != 0xFF:
-            raise WireError(f"invalid JPEG: bad marker at byte {i}")
+            raise WireError(f"invalid JPEG: bad marker at byte {i}", "jpeg_invalid")
         marker = b[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -294,49 +320,61 @@ def _jpeg_size(buf: memoryview) -> tuple[int, int, int]:
             width = int.from_bytes(b[i + 7:i + 9], "big")
             return width, height, b[i + 9]
         if seg_len < 2:
-            raise WireError("invalid JPEG: bad segment length")
+            raise WireError("invalid JPEG: bad segment length", "jpeg_invalid")
         i += 2 + seg_len
-    raise WireError("invalid JPEG: no frame header (SOF) found")
+    raise WireError("invalid JPEG: no frame header (SOF) found", "jpeg_invalid")
 
 
 def check_parts(parts: list, *, max_width: int = 8192, max_height: int = 8192) -> Header:
     """Validate part count, header and payload size without decoding pixels. Cheap: the
     live receiver runs it on every message and decodes only the newest frame."""
     if len(parts) not in (2, 3):
-        raise WireError(f"message has {len(parts)} parts, expected 2 (header, payload) or 3")
+        raise WireError(f"message has {len(parts)} parts, expected 2 (header, payload) or 3", "part_count")
     h = unpack_header(_buf(parts[0]))
     payload_len = len(_buf(parts[1]))
     if payload_len != h.payload_len:
-        raise WireError(f"payload is {payload_len} bytes, header says {h.payload_len}")
+        raise WireError(f"payload is {payload_len} bytes, header says {h.payload_len}", "payload_len")
     has_mask = bool(h.flags & FLAG_MASK)
     if has_mask != (len(parts) == 3):
-        raise WireError(f"{len(parts)} parts but mask flag is {int(has_mask)}")
+        raise WireError(f"{len(parts)} parts but mask flag is {int(has_mask)}", "mask_flag")
     if h.kind != "frame":
         if payload_len or has_mask or h.width or h.height or h.channels or h.pixfmt or h.codec:
-            raise WireError(f"{h.kind} message must carry no payload, size, format or codec")
+            raise WireError(f"{h.kind} message must carry no payload, size, format or codec", "control_payload")
         return h
     if h.pixfmt is None or h.codec is None:
-        raise WireError("frame message without pixel format or codec")
+        raise WireError("frame message without pixel format or codec", "frame_format")
     if not (0 < h.width <= max_width and 0 < h.height <= max_height):
-        raise WireError(f"frame size {h.width}x{h.height} outside 1x1..{max_width}x{max_height}")
+        raise WireError(f"frame size {h.width}x{h.height} outside 1x1..{max_width}x{max_height}", "frame_size")
     if h.channels != PIXFMTS[h.pixfmt][1]:
-        raise WireError(f"{h.channels} channels do not match pixel format {h.pixfmt}")
+        raise WireError(f"{h.channels} channels do not match pixel format {h.pixfmt}", "channels")
     if h.codec == "raw" and payload_len != h.width * h.height * h.channels:
         raise WireError(f"raw payload is {payload_len} bytes, expected "
-                        f"{h.width}x{h.height}x{h.channels} = {h.width * h.height * h.channels}")
+                        f"{h.width}x{h.height}x{h.channels} = {h.width * h.height * h.channels}", "raw_size")
     if has_mask and len(_buf(parts[2])) != h.width * h.height:
-        raise WireError(f"mask is {len(_buf(parts[2]))} bytes, expected {h.width * h.height}")
+        raise WireError(f"mask is {len(_buf(parts[2]))} bytes, expected {h.width * h.height}", "mask_size")
     return h
+
+
+def check_jpeg(h: Header, parts: list) -> None:
+    """A JPEG payload's SOI/SOF markers and declared size match the header (no decoding).
+    Cheap; it does not prove the JPEG decodes, ``decode_frame`` does."""
+    w, hh, comps = _jpeg_size(_buf(parts[1]))
+    if (w, hh, comps) != (h.width, h.height, h.channels):
+        raise WireError(f"JPEG is {w}x{hh}x{comps}, header says "
+                        f"{h.width}x{h.height}x{h.channels}", "jpeg_size")
 
 
 def decode_message(parts: list, *, max_width: int = 8192, max_height: int = 8192,
                    received_ns: int | None = None) -> Message:
-    """Parts (bytes, memoryview or zmq.Frame) -> FrameMessage | EndOfStream | Heartbeat | Ack.
+    """Parts (bytes, memoryview or zmq.Frame) -> FrameMessage | EndOfStream | SourceLost |
+    Heartbeat | Ack.
     Raises WireError (a ValueError) with a one-line reason on anything malformed.
     ``received_ns`` (monotonic) becomes the frame's ``receive`` stamp."""
     h = check_parts(parts, max_width=max_width, max_height=max_height)
     if h.kind == "end_of_stream":
         return EndOfStream(h.stream_id, h.epoch, h.seq, h.window_start)
+    if h.kind == "source_lost":
+        return SourceLost(h.stream_id, h.epoch, h.seq, h.t_capture_ns)
     if h.kind == "heartbeat":
         return Heartbeat(h.stream_id, h.epoch, h.t_capture_ns)
     if h.kind == "ack":
@@ -350,14 +388,11 @@ def decode_frame(h: Header, parts: list, received_ns: int | None = None) -> Fram
     if h.codec == "raw":
         img = np.frombuffer(payload, np.uint8).reshape(h.height, h.width, h.channels)
     else:
-        w, hh, comps = _jpeg_size(payload)
-        if (w, hh, comps) != (h.width, h.height, h.channels):
-            raise WireError(f"JPEG is {w}x{hh}x{comps}, header says "
-                            f"{h.width}x{h.height}x{h.channels}")
+        check_jpeg(h, parts)
         flag = cv2.IMREAD_GRAYSCALE if h.channels == 1 else cv2.IMREAD_COLOR
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
         if img is None or img.shape[:2] != (h.height, h.width):
-            raise WireError("invalid JPEG: decoding failed or size differs from header")
+            raise WireError("invalid JPEG: decoding failed or size differs from header", "jpeg_decode")
     if h.pixfmt == "rgb8":
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     elif h.pixfmt == "gray8":
@@ -381,5 +416,5 @@ def _buf(part) -> memoryview:
     elif hasattr(part, "buffer"):  # zmq.Frame from recv_multipart(copy=False)
         mv = part.buffer
     else:
-        raise WireError(f"message part of type {type(part).__name__}, expected bytes")
+        raise WireError(f"message part of type {type(part).__name__}, expected bytes", "part_type")
     return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
