@@ -280,15 +280,23 @@ class WindowSink:
 
 
 class ViewerSink:
-    """Feeds the MJPEG browser viewer; starts it on construction and logs its URL."""
+    """Feeds the MJPEG browser viewer; starts it on construction and logs its URL.
+
+    Also takes the consumer's status (:meth:`set_status`: signal state, fps, lag, mask age,
+    model) for the page's status bar and ``/status.json``, and the signal cards (NO SIGNAL,
+    WAITING FOR VIDEO) while no frames arrive (``shows_cards``).
+    """
+
+    shows_cards = True  # the consumer sends it full-frame signal cards between frames
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, *, token: str | None = None,
-                 certfile: str | None = None, keyfile: str | None = None, jpeg_quality: int = 80) -> None:
+                 certfile: str | None = None, keyfile: str | None = None, jpeg_quality: int = 80,
+                 max_fps: float = 30.0) -> None:
         from endostream.consumer.viewer import MjpegViewer
 
         try:
             self.viewer = MjpegViewer(host, port, token=token, certfile=certfile, keyfile=keyfile,
-                                      jpeg_quality=jpeg_quality)
+                                      jpeg_quality=jpeg_quality, max_fps=max_fps)
             self.viewer.start()
         except OSError as exc:
             raise SinkError(f"viewer sink: cannot serve on {host}:{port}: {_os_reason(exc)}") from None
@@ -298,6 +306,10 @@ class ViewerSink:
     def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
         self.viewer.update(overlay_bgr)
         self.frames_written += 1
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        """The consumer's state for the page and ``/status.json`` (see MjpegViewer.set_status)."""
+        self.viewer.set_status(status)
 
     def close(self) -> None:
         self.viewer.stop()

@@ -75,7 +75,8 @@ class Telemetry:
                    "silence_ms": round((now - st.last_seen) * 1000, 1)}
             st.gaps.append(gap)
             st.restarts += 1
-            log.warning("stream %d: producer restarted (new epoch) after %.0f ms silence; "
+            # The signal tracker logs the return in one line; the details are for debugging.
+            log.debug("stream %d: producer restarted (new epoch) after %.0f ms silence; "
                         "previous epoch %s at seq %d", sid, gap["silence_ms"],
                         "ended" if st.ended else "stopped without end-of-stream", st.last_seq)
             st.epoch, st.first_capture_ns, st.last_seq, st.ended = epoch, frame.t_capture_ns, -1, False
