@@ -4,10 +4,24 @@ Nothing here keeps state or decides policy: the caller says whether the mask is 
 (``HudInfo.paused``), which prediction to show and how opaque. Runs per frame at 30 fps, so
 everything is OpenCV calls on the frame (blending only inside the mask's bounding box), never
 a Python loop over pixels.
+
+What a clinician sees, chosen by looking at ClinicDB frames and the demo clip:
+- the finding as a thin outline with a light fill (0.15), so the mucosal surface pattern under
+  it stays readable; a box only on request, and never without its mask (a box over an empty
+  mask points at nothing the model segmented);
+- a short label ("polyp 97%") beside the finding, which stays when the overlay is switched off
+  (``show_labels``), so the tissue is clear but the finding is still marked;
+- the HUD as one line per corner, in plain words, where an endoscope image has its unused black
+  corners: top left the AI's state ("AI lag 46 ms" with a bar that grows with the mask's age,
+  "AI paused", "no polyp model for laparoscopy"), top right the video ("24 fps, video lag 6 ms"),
+  bottom left notes and, only with ground truth, its Dice apart and labelled, bottom right
+  "RESEARCH USE ONLY". A line that does not fit its corner is set smaller, then shortened;
+  it never wraps onto the image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -16,22 +30,34 @@ import numpy as np
 from endostream.types import Prediction
 
 RESEARCH_LABEL = "RESEARCH USE ONLY"
-MASK_BGR = (0, 220, 0)       # green: the colour endoscopy CADe systems use for "finding"
-CONTOUR_BGR = (0, 255, 255)  # yellow contour stays visible on red mucosa and on the green fill
+MASK_BGR = (0, 220, 0)        # green: the colour endoscopy CADe systems use for "finding"
+OUTLINE_BGR = (80, 255, 80)   # brighter green: the outline reads on red mucosa and in glare
 BOX_BGR = (255, 200, 0)
-PAUSED_BGR = (0, 0, 255)
+LABEL_BGR = (120, 255, 120)
+UNCERTAIN_BGR = (255, 255, 255)  # white hatching: "the border is unsure here", not a finding
+PAUSED_BGR = (60, 60, 255)
+NOTE_BGR = (0, 200, 255)      # amber
+TEXT_BGR = (235, 235, 235)
+DIM_BGR = (170, 170, 170)
+GT_BGR = (255, 200, 120)     # light blue: ground truth is a test bench's, not the AI's
+DEFAULT_OPACITY = 0.15
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_MIN_SCALE = 0.3  # below this Hershey text stops being legible at any resolution
 
 
 @dataclass
 class HudInfo:
-    """What the heads-up line shows. ``None`` fields are left out.
+    """What the heads-up display shows. ``None`` fields are left out.
 
-    fps: displayed frames per second; latency_ms: capture -> overlay, milliseconds;
-    dropped: frames dropped so far; mask_age_ms: age of the shown mask, milliseconds;
+    fps: displayed frames per second; latency_ms: capture -> overlay of the shown frame, ms
+    ("video lag"); dropped: frames the model skipped so far (sent, not segmented; the video
+    itself showed them); mask_age_ms: capture-time age of the shown mask, ms ("AI lag");
+    stale_ms: the age at which the caller pauses the mask (scales the staleness bar);
     paused: the caller judged the mask stale -> hide it and show "AI paused";
-    dice: running Dice against ground truth in [0, 1]; note: extra text, e.g.
-    "UNTRAINED WEIGHTS"; stream_id: shown when not None.
+    dice: running mean Dice against streamed ground truth in [0, 1] (None: no ground truth);
+    note: extra text, e.g. "UNTRAINED WEIGHTS"; stream_id: shown when not None;
+    no_model: a modality with no model of its own (e.g. "laparoscopy") -> say so instead of
+    the AI lag, so an empty overlay never reads as "AI says clear".
     """
 
     fps: float | None = None
@@ -42,6 +68,8 @@ class HudInfo:
     dice: float | None = None
     note: str = ""
     stream_id: int | None = None
+    stale_ms: float | None = None
+    no_model: str = ""
 
 
 def _scale(height: int) -> tuple[float, int]:
@@ -50,33 +78,40 @@ def _scale(height: int) -> tuple[float, int]:
     return scale, max(1, int(round(scale * 2)))
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, thick: int,
-          color: tuple[int, int, int], bg: bool = True) -> int:
-    """Text with a filled dark backing so it reads on any tissue; returns its width (px)."""
-    (w, h), base = cv2.getTextSize(text, _FONT, scale, thick)
-    x, y = org
-    if bg:
-        cv2.rectangle(img, (x - 2, y - h - 3), (x + w + 2, y + base + 1), (0, 0, 0), cv2.FILLED)
-    cv2.putText(img, text, (x, y), _FONT, scale, color, thick, cv2.LINE_AA)
-    return w
+def _fit(text: str, max_w: int, scale: float, thick: int) -> tuple[str, float, int, int, int]:
+    """Shrink (down to _MIN_SCALE), then shorten with "..", until ``text`` fits ``max_w`` px on
+    one line. Returns (text, scale, width, height, baseline)."""
+    s = scale
+    while True:
+        (w, h), base = cv2.getTextSize(text, _FONT, s, thick)
+        if w <= max_w or s <= _MIN_SCALE:
+            break
+        s = max(_MIN_SCALE, s * 0.9)
+    while w > max_w and len(text) > 3:
+        text = text[:-3].rstrip() + ".."
+        (w, h), base = cv2.getTextSize(text, _FONT, s, thick)
+    return text, s, w, h, base
 
 
-def _wrap(parts: list[str], max_w: int, scale: float, thick: int) -> list[str]:
-    """Join HUD parts with " | " into as few lines as fit ``max_w`` pixels."""
-    lines: list[str] = []
-    for part in parts:
-        cand = f"{lines[-1]} | {part}" if lines else part
-        if lines and cv2.getTextSize(cand, _FONT, scale, thick)[0][0] <= max_w:
-            lines[-1] = cand
-        else:
-            lines.append(part)
-    return lines
+def _corner_text(img: np.ndarray, text: str, corner: str, row: int, scale: float, thick: int,
+                 color: tuple[int, int, int], max_w: int) -> tuple[int, int, int, int]:
+    """One line of text with a dark backing in a corner ("tl", "tr", "bl", "br"); ``row`` 0 is
+    the line nearest the corner. Returns the backing's (x0, y0, x1, y1)."""
+    height, width = img.shape[:2]
+    text, s, w, h, base = _fit(text, max_w, scale, thick)
+    line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 4
+    x = 4 if corner[1] == "l" else width - w - 4
+    y = 3 + h + row * line_h if corner[0] == "t" else height - 4 - base - row * line_h
+    box = (x - 2, y - h - 3, x + w + 2, y + base + 1)
+    cv2.rectangle(img, box[:2], box[2:], (0, 0, 0), cv2.FILLED)
+    cv2.putText(img, text, (x, y), _FONT, s, color, thick, cv2.LINE_AA)
+    return box
 
 
 def _blend_mask(out: np.ndarray, mask_u8: np.ndarray, opacity: float, color: tuple[int, int, int]) -> None:
     """Alpha-blend ``color`` into ``out`` where ``mask_u8`` is set, in place, inside its bbox only."""
     x, y, w, h = cv2.boundingRect(mask_u8)
-    if w == 0 or h == 0:
+    if w == 0 or h == 0 or opacity <= 0.0:
         return
     roi = out[y:y + h, x:x + w]
     tint = np.empty_like(roi)
@@ -86,25 +121,77 @@ def _blend_mask(out: np.ndarray, mask_u8: np.ndarray, opacity: float, color: tup
     cv2.copyTo(blended, mask_u8[y:y + h, x:x + w], dst=roi)
 
 
+def _hatch_band(out: np.ndarray, uncertainty: np.ndarray, threshold: float, thick: int) -> None:
+    """Diagonal hatching where ``uncertainty`` > ``threshold``: a band that says "the border is
+    unsure here" without covering the tissue (3 of every 4 pixels stay untouched)."""
+    height, width = out.shape[:2]
+    if uncertainty.shape != (height, width):
+        uncertainty = cv2.resize(uncertainty.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    band = (uncertainty > threshold).astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(band)
+    if w == 0 or h == 0:
+        return
+    period = 4 * thick + 2
+    stripes = (np.add.outer(np.arange(y, y + h), np.arange(x, x + w)) % period) < max(1, thick)
+    sel = band[y:y + h, x:x + w].astype(bool) & stripes
+    out[y:y + h, x:x + w][sel] = UNCERTAIN_BGR
+
+
+def _label_text(presence: float) -> str:
+    # A model score, not a calibrated certainty: never print "100%".
+    return f"polyp {min(99, int(round(presence * 100)))}%"
+
+
+def _draw_label(out: np.ndarray, text: str, rect: tuple[int, int, int, int], scale: float,
+                thick: int, keep_out_h: int) -> None:
+    """``text`` just above the finding's rectangle (below it when the top HUD row is there)."""
+    height, width = out.shape[:2]
+    (w, h), base = cv2.getTextSize(text, _FONT, scale, thick)
+    x0, y0, x1, y1 = rect
+    x = int(min(max(2, x0), width - w - 4))
+    y = y0 - base - 4
+    if y - h < keep_out_h:
+        y = y1 + h + 4 if y1 + h + base + 4 < height - keep_out_h else max(y0 + h + 4, keep_out_h + h)
+    cv2.rectangle(out, (x - 2, y - h - 3), (x + w + 2, y + base + 1), (0, 0, 0), cv2.FILLED)
+    cv2.putText(out, text, (x, y), _FONT, scale, LABEL_BGR, thick, cv2.LINE_AA)
+
+
+def _age_color(frac: float) -> tuple[int, int, int]:
+    """White while fresh, amber past half the stale limit, red near it."""
+    if frac < 0.5:
+        return TEXT_BGR
+    return NOTE_BGR if frac < 0.8 else PAUSED_BGR
+
+
 def draw_overlay(
     image_bgr: np.ndarray,
     prediction: Prediction | None,
     *,
     hud: HudInfo,
-    opacity: float = 0.4,
+    opacity: float = DEFAULT_OPACITY,
     show_mask: bool = True,
-    color: tuple[int, int, int] = MASK_BGR,
+    color: Sequence[int] = MASK_BGR,
+    show_box: bool = False,
+    show_labels: bool = True,
+    show_uncertainty: bool = False,
+    uncertainty_threshold: float = 0.1,
 ) -> np.ndarray:
-    """Draw mask, contour, box, presence, HUD and labels on a copy of ``image_bgr``.
+    """Draw mask (outline + light fill), label, optional box and uncertain border, and the HUD
+    on a copy of ``image_bgr``.
 
     Args:
         image_bgr: HxWx3 uint8 BGR frame (not modified).
         prediction: the mask to show (its ``mask`` is HxW bool in any size; resized with
             nearest-neighbour if it differs from the frame), or ``None`` for no mask yet.
-        hud: heads-up display values; ``hud.paused`` hides the mask and shows "AI paused".
-        opacity: mask fill opacity in [0, 1].
-        show_mask: False hides mask, contour and box (the overlay-off switch); the HUD stays.
+        hud: heads-up display values; ``hud.paused`` hides mask, box and label.
+        opacity: mask fill opacity in [0, 1]; 0 leaves the outline alone.
+        show_mask: False hides fill, outline, box and uncertain border (the overlay-off
+            switch); the HUD stays, and so does the label when ``show_labels``.
         color: mask fill colour, BGR.
+        show_box: draw the finding's box too, only while its mask is drawn and not empty.
+        show_labels: "polyp NN%" beside a finding whose mask is not empty.
+        show_uncertainty: hatch where ``prediction.uncertainty`` > ``uncertainty_threshold``
+            (needs a segmenter run with uncertainty samples; nothing is drawn without it).
 
     Returns:
         HxWx3 uint8 BGR image, a new array.
@@ -114,56 +201,99 @@ def draw_overlay(
     out = image_bgr.copy()
     height, width = out.shape[:2]
     scale, thick = _scale(height)
-    line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 2
+    line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 4
     opacity = float(min(max(opacity, 0.0), 1.0))
 
-    if prediction is not None and show_mask and not hud.paused:
+    if prediction is not None and not hud.paused:
         mask = prediction.mask
         if mask.shape != (height, width):
             mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
         mask_u8 = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask > 0).astype(np.uint8)
-        if mask_u8.any():
-            _blend_mask(out, mask_u8, opacity, color)
-            contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, contours, -1, CONTOUR_BGR, thick, cv2.LINE_AA)
-        if prediction.box is not None:
-            x0, y0, x1, y1 = (int(v) for v in prediction.box)
-            sx = width / prediction.mask.shape[1]
-            sy = height / prediction.mask.shape[0]
-            x0, x1, y0, y1 = int(x0 * sx), int(x1 * sx), int(y0 * sy), int(y1 * sy)
-            cv2.rectangle(out, (x0, y0), (x1, y1), BOX_BGR, thick, cv2.LINE_AA)
-            _text(out, f"polyp {prediction.presence:.2f}", (x0 + 2, max(line_h, y0 - 4)),
-                  scale, thick, BOX_BGR)
+        rect = cv2.boundingRect(mask_u8)
+        if rect[2] > 0 and rect[3] > 0:  # a finding: its mask has pixels
+            if show_mask:
+                _blend_mask(out, mask_u8, opacity, color)
+                contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(out, contours, -1, OUTLINE_BGR, thick, cv2.LINE_AA)
+                if show_uncertainty and prediction.uncertainty is not None:
+                    _hatch_band(out, prediction.uncertainty, uncertainty_threshold, thick)
+                if show_box:  # the mask's own rectangle: a box can never point where no mask is
+                    x, y, w, h = rect
+                    m = 2 * thick  # just outside the outline, so both stay visible
+                    cv2.rectangle(out, (x - m, y - m), (x + w - 1 + m, y + h - 1 + m), BOX_BGR, thick)
+            if show_labels:
+                x, y, w, h = rect
+                _draw_label(out, _label_text(prediction.presence), (x, y, x + w, y + h), scale,
+                            thick, line_h)
 
-    # Heads-up line, top left: everything a clinician needs to trust (or not) the overlay.
-    parts = []
-    if hud.stream_id is not None:
-        parts.append(f"S{hud.stream_id}")
-    if hud.fps is not None:
-        parts.append(f"{hud.fps:.1f} fps")
-    if hud.latency_ms is not None:
-        parts.append(f"lat {hud.latency_ms:.0f} ms")
-    parts.append(f"drop {hud.dropped}")
-    if hud.mask_age_ms is not None:
-        parts.append(f"mask {hud.mask_age_ms:.0f} ms")
-    if prediction is not None:
-        parts.append(f"p {prediction.presence:.2f}")
-    if hud.dice is not None:
-        parts.append(f"Dice {hud.dice:.3f}")
-    y = line_h - 4
-    for line in _wrap(parts, width - 8, scale, thick):
-        _text(out, line, (4, y), scale, thick, (255, 255, 255))
-        y += line_h
-    if hud.paused:
-        _text(out, "AI paused", (4, y), scale * 1.2, thick + 1, PAUSED_BGR)
-        y += line_h
-    elif not show_mask:
-        _text(out, "overlay off", (4, y), scale, thick, (200, 200, 200))
-        y += line_h
-    if hud.note:
-        _text(out, hud.note, (4, y), scale, thick, (0, 200, 255))
-
-    # Permanent label, bottom right: this is not a medical device.
-    (lw, _), _ = cv2.getTextSize(RESEARCH_LABEL, _FONT, scale, thick)
-    _text(out, RESEARCH_LABEL, (max(2, width - lw - 6), height - 6), scale, thick, (0, 200, 255))
+    _draw_hud(out, hud, show_mask, prediction is not None, scale, thick)
     return out
+
+
+def hud_lines(hud: HudInfo, *, show_mask: bool = True, has_mask: bool = False
+              ) -> dict[str, list[tuple[str, tuple[int, int, int]]]]:
+    """The HUD's words per corner ("tl", "tr", "bl", "br"): a list of (text, BGR colour), the
+    first entry nearest the corner. ``has_mask``: a prediction was passed (offline, a mask with
+    no age is this very frame's: no AI-lag line)."""
+    lines: dict[str, list[tuple[str, tuple[int, int, int]]]] = {"tl": [], "tr": [], "bl": [], "br": []}
+    # Top left: the AI's state, the thing a clinician must trust or not.
+    if hud.no_model:
+        ai = (f"no polyp model for {hud.no_model}", NOTE_BGR)
+    elif hud.paused:
+        age = f" (mask {hud.mask_age_ms:.0f} ms old)" if hud.mask_age_ms is not None else ""
+        ai = (f"AI paused{age}", PAUSED_BGR)
+    elif hud.mask_age_ms is None:
+        ai = ("", TEXT_BGR) if has_mask else ("AI starting", DIM_BGR)
+    else:
+        frac = hud.mask_age_ms / hud.stale_ms if hud.stale_ms else 0.0
+        ai = (f"AI lag {hud.mask_age_ms:.0f} ms", _age_color(frac))
+    if not show_mask:
+        ai = (f"overlay off, {ai[0]}" if ai[0] else "overlay off", DIM_BGR if ai[1] == TEXT_BGR else ai[1])
+    if ai[0]:
+        lines["tl"].append(ai)
+    # Top right: the video itself.
+    video = []
+    if hud.stream_id is not None:
+        video.append(f"stream {hud.stream_id}")
+    if hud.fps is not None:
+        video.append(f"{hud.fps:.0f} fps")
+    if hud.latency_ms is not None:
+        video.append(f"video lag {hud.latency_ms:.0f} ms")
+    if video:
+        lines["tr"].append((", ".join(video), TEXT_BGR))
+    # Bottom left: what the model skipped, notes, and ground truth apart from the clinical HUD.
+    if hud.dropped > 0:
+        lines["bl"].append((f"AI skipped {hud.dropped} frames", DIM_BGR))
+    if hud.note:
+        lines["bl"].append((hud.note, NOTE_BGR))
+    if hud.dice is not None:
+        lines["bl"].append((f"ground truth: mean Dice {hud.dice:.2f}", GT_BGR))
+    # Bottom right, permanently: this is not a medical device.
+    lines["br"].append((RESEARCH_LABEL, NOTE_BGR))
+    return lines
+
+
+def _draw_hud(out: np.ndarray, hud: HudInfo, show_mask: bool, has_mask: bool, scale: float,
+              thick: int) -> None:
+    """One line per corner (more rows only bottom left: notes and ground truth), each fitted to
+    half the width so it can neither wrap nor reach the other corner."""
+    half = out.shape[1] // 2 - 16
+    aging = bool(hud.stale_ms) and hud.mask_age_ms is not None and not hud.paused and not hud.no_model
+    for corner, rows in hud_lines(hud, show_mask=show_mask, has_mask=has_mask).items():
+        for i, (text, color) in enumerate(rows):
+            x0, _, _, y1 = _corner_text(out, text, corner, i, scale, thick, color, half)
+            if corner == "tl" and i == 0 and aging:
+                _staleness_bar(out, (x0, y1), hud.mask_age_ms / hud.stale_ms, color, scale, thick)
+
+
+def _staleness_bar(out: np.ndarray, origin: tuple[int, int], frac: float, color: tuple[int, int, int],
+                   scale: float, thick: int) -> None:
+    """The staleness cue under "AI lag": a bar that grows with the mask's age, full at the pause
+    limit, on a grey track of fixed length so its growth reads at a glance."""
+    x0, y0 = origin
+    full = cv2.getTextSize("AI lag 000 ms", _FONT, scale, thick)[0][0] + 4
+    h = max(2, thick + 1)
+    cv2.rectangle(out, (x0, y0), (x0 + full, y0 + h), (70, 70, 70), cv2.FILLED)
+    w = int(round(full * min(1.0, max(0.0, frac))))
+    if w > 0:
+        cv2.rectangle(out, (x0, y0), (x0 + w, y0 + h), color, cv2.FILLED)

@@ -3,9 +3,12 @@ controls) and the sinks. Used by :mod:`endostream.consumer.app`."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,70 @@ from endostream.types import Frame, Prediction
 log = logging.getLogger(__name__)
 
 
+# control.json keys -> (Python type, what the one-line error says is expected).
+_CONTROL_KEYS: dict[str, tuple[type, str]] = {
+    "show_mask": (bool, "true or false"),
+    "opacity": (float, "a number from 0 to 1"),
+    "show_labels": (bool, "true or false"),
+    "show_box": (bool, "true or false"),
+    "show_uncertainty": (bool, "true or false"),
+}
+
+
+class ControlError(ValueError):
+    """A control file that is not what the operator meant; the message is one line."""
+
+
+def _json_kind(value: Any) -> str:
+    return {bool: "boolean", str: "string", int: "number", float: "number", list: "array",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def parse_controls(data: Any) -> dict[str, bool | float]:
+    """Validate a parsed control.json strictly: an object with known keys, booleans that are
+    JSON booleans (``"no"`` is not false), opacity a number in [0, 1] (7 is not clamped to 1).
+    Returns the settings it holds. Raises :class:`ControlError` with one line naming the key
+    and the type expected: a wrong value never half-applies."""
+    if not isinstance(data, dict):
+        raise ControlError(f"expected a JSON object like {{\"show_mask\": false, \"opacity\": 0.3}}, "
+                           f"got a JSON {_json_kind(data)}")
+    out: dict[str, bool | float] = {}
+    for key, value in data.items():
+        if key not in _CONTROL_KEYS:
+            near = difflib.get_close_matches(str(key), _CONTROL_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ControlError(f"unknown key {key!r}{hint}; known keys: {', '.join(_CONTROL_KEYS)}")
+        kind, expected = _CONTROL_KEYS[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        else:  # a JSON number; bool is an int subclass in Python and must not pass as 1.0
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and 0.0 <= value <= 1.0)
+        if not ok:
+            raise ControlError(f"{key!r} must be {expected}, got {json.dumps(value)} "
+                               f"(a JSON {_json_kind(value)})")
+        out[key] = bool(value) if kind is bool else float(value)
+    return out
+
+
 @dataclass
 class Controls:
-    """Run-time overlay switches, read from a JSON file whenever it changes."""
+    """Run-time overlay switches, read from a JSON file whenever it changes (see
+    :func:`parse_controls` for what the file may hold). A rejected file leaves every setting as
+    it was and logs one line."""
 
     show_mask: bool = True
-    opacity: float = 0.4
+    opacity: float = 0.15
+    show_labels: bool = True
+    show_box: bool = False
+    show_uncertainty: bool = False
     path: Path | None = None
     poll_s: float = 0.25
-    _mtime: float = 0.0
+    _seen: tuple[int, int] = (0, -1)  # (mtime_ns, size): a rewrite within one mtime tick still counts
     _checked: float = 0.0
+
+    def settings(self) -> dict[str, bool | float]:
+        return {k: getattr(self, k) for k in _CONTROL_KEYS}
 
     def poll(self) -> None:
         now = time.monotonic()
@@ -36,22 +93,28 @@ class Controls:
             return
         self._checked = now
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except OSError:
             return
-        if mtime == self._mtime:
+        if (st.st_mtime_ns, st.st_size) == self._seen:
             return
-        self._mtime = mtime
+        self._seen = (st.st_mtime_ns, st.st_size)
         try:
-            data = json.loads(self.path.read_text())
-            show = bool(data.get("show_mask", self.show_mask))
-            opacity = float(data.get("opacity", self.opacity))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("control file %s ignored: %s (expected {\"show_mask\": bool, "
-                        "\"opacity\": 0..1})", self.path, exc)
+            text = self.path.read_text()
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ControlError(f"not valid JSON ({exc})") from None
+            changes = parse_controls(data)
+        except (OSError, ControlError) as exc:
+            kept = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={str(v).lower()}"
+                             for k, v in self.settings().items())
+            log.warning("control file %s rejected: %s; keeping %s", self.path, exc, kept)
             return
-        self.show_mask, self.opacity = show, min(max(opacity, 0.0), 1.0)
-        log.info("controls: show_mask=%s opacity=%.2f", self.show_mask, self.opacity)
+        for key, value in changes.items():
+            setattr(self, key, value)
+        if changes:
+            log.info("controls: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
 @dataclass
@@ -66,10 +129,27 @@ class Shown:
 
 
 class OverlayStage:
-    """Frame + newest result -> overlay image, applying the staleness rule."""
+    """Frame + newest result -> overlay image, applying the staleness rule.
 
-    def __init__(self, *, stale_ms: float, color: Any, controls: Controls) -> None:
+    ``no_model_for``: modalities served by a model that is not theirs (laparoscopy runs the
+    polyp model behind a strict gate): the HUD says so instead of showing an AI lag, so an
+    empty overlay is never read as "AI says clear"."""
+
+    def __init__(self, *, stale_ms: float, color: Any, controls: Controls,
+                 uncertainty_threshold: float = 0.1, no_model_for: Sequence[str] = ()) -> None:
         self.stale_ms, self.color, self.controls = float(stale_ms), tuple(int(c) for c in color), controls
+        self.uncertainty_threshold = float(uncertainty_threshold)
+        self.no_model_for = frozenset(str(m) for m in no_model_for)
+
+    @classmethod
+    def from_config(cls, cfg: Any, control_path: Path | str | None) -> OverlayStage:
+        """From the ``overlay`` config group (configs/overlay/*.yaml); the control file, when
+        given, may change the switches at run time."""
+        controls = Controls(path=Path(control_path) if control_path else None,
+                            **parse_controls({k: cfg[k] for k in _CONTROL_KEYS if k in cfg}))
+        return cls(stale_ms=float(cfg.stale_ms), color=cfg.color, controls=controls,
+                   uncertainty_threshold=float(cfg.get("uncertainty_threshold", 0.1)),
+                   no_model_for=list(cfg.get("no_model_for") or ()))
 
     def draw(self, frame: Frame, result: MaskResult | None, hud: HudInfo,
              ref_capture_ns: int) -> Shown:
@@ -81,8 +161,14 @@ class OverlayStage:
         pred = result.prediction if result is not None and not paused else None
         hud.mask_age_ms = age_ms if result is not None else None
         hud.paused = paused
-        image = draw_overlay(np.asarray(frame.image), pred, hud=hud, opacity=self.controls.opacity,
-                             show_mask=self.controls.show_mask, color=self.color)
+        hud.stale_ms = self.stale_ms
+        if frame.modality in self.no_model_for:
+            hud.no_model = frame.modality
+        c = self.controls
+        image = draw_overlay(np.asarray(frame.image), pred, hud=hud, opacity=c.opacity,
+                             show_mask=c.show_mask, color=self.color, show_box=c.show_box,
+                             show_labels=c.show_labels, show_uncertainty=c.show_uncertainty,
+                             uncertainty_threshold=self.uncertainty_threshold)
         frame.stamps_ns["overlay"] = time.monotonic_ns()
         return Shown(image, pred, result.seq if result is not None else None,
                      hud.mask_age_ms, paused)
