@@ -7,7 +7,13 @@ Files (for weights ``<dir>/<stem>.pt``):
   <stem>.denoise.onnx  feat (B,F,S/4,S/4), noisy_mask (B,1,S/4,S/4), t (B,) -> logits (B,1,S/4,S/4)
   <stem>.json          the sidecar: net config, weights sha256, the .pt's meta, graph files + sha256
 F = denoiser_hidden: ``feat`` is the denoiser's per-frame conditioning (its first convolution's
-feature half), computed once per frame. All tensors float32; B is the only dynamic dimension ("batch").
+feature half), computed once per frame. All graph inputs and outputs are float32; B is the only
+dynamic dimension ("batch").
+
+``precision=fp16`` (``endostream export precision=fp16``) writes a second set beside the first,
+``<stem>.fp16.encode.onnx``, ``<stem>.fp16.denoise.onnx`` and ``<stem>.fp16.json``: FP16 weights
+and arithmetic inside, casts at the edges, so the I/O stays float32 and every backend feeds both
+sets alike. TensorRT 11 takes its FP16 from this graph (strong typing; it has no FP16 flag).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from endostream.fileutil import file_sha256
 
 SIDECAR_FORMAT = 1
 OPSET = 17
+PRECISIONS = ("fp32", "fp16")
 ENCODE_INPUTS = ("image", "memory", "valid")
 ENCODE_OUTPUTS = ("feat", "aux_logits", "presence_logit", "box", "memory_out")
 DENOISE_INPUTS = ("feat", "noisy_mask", "t")
@@ -32,12 +39,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ENDOSTREAM_CACHE", Path.home() / ".cache" / "endostream"))
 
 
-def graph_paths(weights: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Where the graphs and sidecar of ``weights`` live (beside it unless ``out_dir``)."""
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"graph precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def graph_paths(weights: str | Path, out_dir: str | Path | None = None, precision: str = "fp32") -> dict[str, Path]:
+    """Where the graphs and sidecar of ``weights`` live (beside it unless ``out_dir``); FP16
+    graphs carry a ``.fp16`` infix and their own sidecar, so both sets can live side by side."""
     w = Path(weights)
     d = Path(out_dir) if out_dir is not None else w.parent
-    return {"encode": d / f"{w.stem}.encode.onnx", "denoise": d / f"{w.stem}.denoise.onnx",
-            "sidecar": d / f"{w.stem}.json"}
+    stem = w.stem if check_precision(precision) == "fp32" else f"{w.stem}.{precision}"
+    return {"encode": d / f"{stem}.encode.onnx", "denoise": d / f"{stem}.denoise.onnx",
+            "sidecar": d / f"{stem}.json"}
 
 
 def io_shapes(cfg: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
@@ -53,11 +68,11 @@ def io_shapes(cfg: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
 
 
 def check_artifacts(weights: str | Path, weights_sha256: str | None = None,
-                    out_dir: str | Path | None = None) -> tuple[dict[str, Any] | None, str]:
-    """Return ``(sidecar, "")`` when the graphs beside ``weights`` were exported from exactly
-    this .pt and are intact, else ``(None, reason)``. Hashes are checked every time: a stale
-    graph silently running old weights is the failure this guards against."""
-    paths = graph_paths(weights, out_dir)
+                    out_dir: str | Path | None = None, precision: str = "fp32") -> tuple[dict[str, Any] | None, str]:
+    """Return ``(sidecar, "")`` when the ``precision`` graphs beside ``weights`` were exported
+    from exactly this .pt and are intact, else ``(None, reason)``. Hashes are checked every time:
+    a stale graph silently running old weights is the failure this guards against."""
+    paths = graph_paths(weights, out_dir, precision)
     if not paths["sidecar"].is_file():
         return None, f"no sidecar {paths['sidecar']}"
     try:
@@ -67,6 +82,8 @@ def check_artifacts(weights: str | Path, weights_sha256: str | None = None,
     sha = weights_sha256 or file_sha256(weights)
     if side.get("sha256") != sha:
         return None, f"{paths['sidecar'].name} was exported from other weights (sha256 differs)"
+    if side.get("precision", "fp32") != precision:  # sidecars before FP16 export carry no precision
+        return None, f"{paths['sidecar'].name} records precision {side.get('precision')}, expected {precision}"
     graphs = side.get("onnx", {})
     for part in ("encode", "denoise"):
         entry = graphs.get(part, {})

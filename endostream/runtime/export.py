@@ -4,10 +4,17 @@ Split (encode once per frame, denoise per step) rather than one unrolled graph: 
 fast in ONNX Runtime (see docs/RUNTIME.md) and it keeps K, warm starts and per-step stage
 stamps in the one sampling loop above the backends. The training-only frame predictor is not
 reachable from either graph, so it is not exported.
+
+``precision=fp16`` exports the same two graphs with FP16 weights and arithmetic: the network is
+converted the way the torch CUDA fast path converts it (half weights; every Conv/Linear casts its
+input to its weight dtype, so the float32 timestep embedding stays float32 up to the first Linear),
+and casts at the graph edges keep every input and output float32. TensorRT 11 needs this graph for
+FP16 (strong typing); ONNX Runtime CPU loads and runs it too (tested), though not faster than FP32.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -20,7 +27,10 @@ from endostream.fileutil import atomic_write_bytes, atomic_write_json, file_sha2
 from endostream.model.io import load_weights
 from endostream.model.network import PolypNet
 from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS,
-                                          OPSET, SIDECAR_FORMAT, graph_paths, io_shapes)
+                                          OPSET, SIDECAR_FORMAT, check_precision, graph_paths, io_shapes)
+from endostream.runtime.torch_backend import _cast_input_hook
+
+FLOAT32_INSIDE = ("t",)  # inputs not cast to half: the timestep embedding is computed in float32
 
 
 class EncodeGraph(nn.Module):
@@ -42,6 +52,37 @@ class DenoiseGraph(nn.Module):
 
     def forward(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net.denoise(feat, noisy_mask, t)
+
+
+class HalfEdges(nn.Module):
+    """A graph module run in FP16 with float32 I/O: inputs cast to half on the way in (except
+    ``FLOAT32_INSIDE``), every floating output cast back to float32 on the way out."""
+
+    def __init__(self, inner: nn.Module, inputs: tuple[str, ...]) -> None:
+        super().__init__()
+        self.inner, self.half_in = inner, tuple(name not in FLOAT32_INSIDE for name in inputs)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        out = self.inner(*(a.half() if h else a for a, h in zip(args, self.half_in)))
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def half_network(net: PolypNet) -> PolypNet:
+    """A half-precision copy of ``net``, converted as the torch CUDA FP16 path converts it."""
+    half = copy.deepcopy(net).eval().half()
+    for m in half.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_pre_hook(_cast_input_hook)
+    return half
+
+
+def graph_modules(net: PolypNet, precision: str = "fp32") -> dict[str, nn.Module]:
+    """The two exported modules, FP32 as the network is, or FP16 with float32 edges."""
+    if check_precision(precision) == "fp32":
+        return {"encode": EncodeGraph(net), "denoise": DenoiseGraph(net)}
+    half = half_network(net)
+    return {"encode": HalfEdges(EncodeGraph(half), ENCODE_INPUTS),
+            "denoise": HalfEdges(DenoiseGraph(half), DENOISE_INPUTS)}
 
 
 def example_inputs(net: PolypNet, batch: int = 1) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -80,21 +121,23 @@ def stamp_shapes(model: Any, shapes: dict[str, list[Any]]) -> None:
                 d.dim_value = int(want)
 
 
-def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
+def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: int = OPSET,
+                precision: str = "fp32") -> dict[str, Any]:
     """Export ``weights`` (.pt) to ``<stem>.encode.onnx`` + ``<stem>.denoise.onnx`` and write the
-    sidecar ``<stem>.json``; returns the sidecar dict. Files are written atomically."""
+    sidecar ``<stem>.json`` (``precision=fp16``: ``<stem>.fp16.*``, see ``runtime.artifacts``);
+    returns the sidecar dict. Files are written atomically."""
     import onnx
 
     weights = Path(weights)
     net, meta = load_weights(weights)
-    paths = graph_paths(weights, out_dir)
+    paths = graph_paths(weights, out_dir, precision)
     paths["sidecar"].parent.mkdir(parents=True, exist_ok=True)
     ex = example_inputs(net, batch=2)
+    modules = graph_modules(net, precision)
     graphs: dict[str, Any] = {}
     with torch.no_grad():
-        for part, module, ins, outs in (("encode", EncodeGraph(net), ENCODE_INPUTS, ENCODE_OUTPUTS),
-                                        ("denoise", DenoiseGraph(net), DENOISE_INPUTS, DENOISE_OUTPUTS)):
-            model = onnx.load_from_string(onnx_bytes(module, ex[part], ins, outs, opset))
+        for part, ins, outs in (("encode", ENCODE_INPUTS, ENCODE_OUTPUTS), ("denoise", DENOISE_INPUTS, DENOISE_OUTPUTS)):
+            model = onnx.load_from_string(onnx_bytes(modules[part], ex[part], ins, outs, opset))
             stamp_shapes(model, io_shapes(net.cfg.to_dict())[part])
             onnx.checker.check_model(model, full_check=True)
             data = model.SerializeToString()
@@ -103,18 +146,19 @@ def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: i
                             "inputs": list(ins), "outputs": list(outs)}
     cfg = net.cfg.to_dict()
     side = {"format": SIDECAR_FORMAT, "weights": weights.name, "sha256": file_sha256(weights),
-            "config": cfg, "meta": meta, "onnx": graphs, "opset": opset, "dtype": "float32",
+            "config": cfg, "meta": meta, "onnx": graphs, "opset": opset, "precision": precision, "dtype": "float32",
             "shapes": io_shapes(cfg), "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__}}
     atomic_write_json(paths["sidecar"], side)
     return side
 
 
 def run(cfg: Any) -> int:
-    """`endostream export weights=weights/polyp.pt out=weights/`."""
+    """`endostream export weights=weights/polyp.pt out=weights/ [precision=fp16]`."""
     out = cfg.get("out") or None
-    side = export_onnx(cfg.weights, out, int(cfg.get("opset", OPSET)))
-    d = graph_paths(cfg.weights, out)
+    precision = str(cfg.get("precision") or "fp32")
+    side = export_onnx(cfg.weights, out, int(cfg.get("opset", OPSET)), check_precision(precision))
+    d = graph_paths(cfg.weights, out, precision)
     for part in ("encode", "denoise"):
         print(f"{d[part]}  sha256={side['onnx'][part]['sha256'][:16]}")
-    print(f"{d['sidecar']}  (weights sha256={side['sha256'][:16]})")
+    print(f"{d['sidecar']}  (weights sha256={side['sha256'][:16]}, precision {precision}, float32 I/O)")
     return 0

@@ -24,37 +24,40 @@ def has_nvidia_gpu() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
-def resolve_graphs(weights: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """ONNX graphs for ``weights``: shipped beside it, else cached, else exported now (needs
-    torch) beside it or, if that folder is read-only, into the cache. Returns (paths, sidecar)."""
+def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[str, Path], dict[str, Any]]:
+    """ONNX graphs (``precision`` fp32 or fp16) for ``weights``: shipped beside it, else cached,
+    else exported now (needs torch) beside it or, if that folder is read-only, into the cache.
+    Returns (paths, sidecar)."""
     weights = Path(weights)
     sha = file_sha256(weights)
-    side, reason = check_artifacts(weights, sha)
+    side, reason = check_artifacts(weights, sha, precision=precision)
     if side is not None:
-        return graph_paths(weights), side
+        return graph_paths(weights, precision=precision), side
     cached = cache_dir() / "onnx" / sha[:16]
-    side, _ = check_artifacts(weights, sha, cached)
+    side, _ = check_artifacts(weights, sha, cached, precision)
     if side is not None:
-        return graph_paths(weights, cached), side
+        return graph_paths(weights, cached, precision), side
     if not has_module("torch"):
         raise RuntimeError(f"ONNX graphs for {weights} are unusable ({reason}) and torch is not installed "
-                           f"to export them: run `endostream export weights={weights}` where torch is")
+                           f"to export them: run `endostream export weights={weights} precision={precision}` "
+                           "where torch is")
     from endostream.runtime.export import export_onnx
 
     out = weights.parent if os.access(weights.parent, os.W_OK) else cached
-    side = export_onnx(weights, out)
-    return graph_paths(weights, out), side
+    side = export_onnx(weights, out, precision=precision)
+    return graph_paths(weights, out, precision), side
 
 
 def auto_backend() -> tuple[str, str]:
-    """(backend, device) by preference: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU."""
+    """(backend, device) by preference: TensorRT, ONNX Runtime on its GPU providers (TensorRT EP,
+    then CUDA EP, then CPU, as the installed onnxruntime has them), torch CUDA, ONNX Runtime CPU."""
     if has_nvidia_gpu():
         if has_module("tensorrt") and has_module("torch"):
             return "tensorrt", "cuda"
-        from endostream.runtime.ort_backend import cuda_available
+        from endostream.runtime.ort_backend import gpu_providers_available
 
-        if cuda_available():
-            return "onnxruntime", "cuda"
+        if gpu_providers_available():
+            return "onnxruntime", "gpu"
         if has_module("torch"):
             import torch
 
@@ -70,7 +73,9 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
     ``auto`` ignores ``device`` (it picks the fastest present). ``model`` short-circuits loading
     for the torch backend (training-time validation uses the live network). ``options`` go to
     the backend: torch ``precision`` (fp32|fp16|bf16), ``cuda_graphs``, ``compile``; tensorrt
-    ``precision``, ``cuda_graphs``, ``max_batch``, ``engine_cache``.
+    ``precision``, ``cuda_graphs``, ``max_batch``, ``engine_cache``; onnxruntime ``precision``
+    (fp32|fp16: which exported graphs it runs) and ``max_batch`` (the TensorRT EP's profile).
+    ``max_batch`` is dropped for torch, which takes any batch.
     """
     if name == "auto":
         name, device = auto_backend()
@@ -79,15 +84,19 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
         from endostream.runtime.torch_backend import TorchBackend
 
         net = model if model is not None else load_weights(weights)[0]
+        options.pop("max_batch", None)  # dynamic batch: nothing to size in advance
         return TorchBackend(net, device=device, threads=threads, **options)
     if name == "onnxruntime":
         from endostream.runtime.ort_backend import OrtBackend
 
-        paths, side = resolve_graphs(weights)
-        return OrtBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, device=device)
+        precision = str(options.pop("precision", "fp32"))
+        paths, side = resolve_graphs(weights, precision)
+        return OrtBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, device=device,
+                          sidecar=side, **options)
     if name == "tensorrt":
-        from endostream.runtime.trt_backend import TensorRTBackend
+        from endostream.runtime.trt_backend import TensorRTBackend, graph_precision, import_tensorrt
 
-        paths, side = resolve_graphs(weights)
+        precision = str(options.get("precision", "fp16"))
+        paths, side = resolve_graphs(weights, graph_precision(import_tensorrt(), precision))
         return TensorRTBackend(paths["encode"], paths["denoise"], side, device=device, **options)
     raise ValueError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
