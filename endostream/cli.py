@@ -7,8 +7,10 @@ directory never changes and relative paths resolve against the folder the comman
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,20 +47,135 @@ def compose(command: str, overrides: list[str] | None = None):
         return hydra_compose(config_name=command, overrides=list(overrides or []))
 
 
+# command -> (purpose, examples) for ``endostream <command> --help``; the keys come from the YAML.
+HELP: dict[str, tuple[str, list[str]]] = {
+    "demo": ("the bundled clip through producer and consumer on loopback (live, shipped weights) "
+             "-> out/demo/overlay.mp4 and out/demo/summary.json",
+             ["endostream demo", "endostream demo max_frames=50 out=/tmp/demo sink=[video,viewer]"]),
+    "produce": ("stream a video file, camera, network stream or image folder to a consumer over ZeroMQ",
+                ["endostream produce source.uri=assets/demo/clinicdb_demo.mp4 loop=true",
+                 "endostream produce source=laparoscopy transport.mode=lossless pace=fast"]),
+    "consume": ("receive frames, segment polyps, draw the overlay and hand it to the sinks "
+                "(overlay video, browser viewer, mask PNGs...)",
+                ["endostream consume sink=[video,viewer]      # viewer on http://127.0.0.1:8090/",
+                 "endostream consume transport.mode=lossless out=out/run1 sink=[video,masks]",
+                 "endostream consume sink=[viewer] sink.viewer.port=8091 transport.endpoint=tcp://127.0.0.1:5565"]),
+    "keys": ("create or list CURVE key pairs; allow a producer's public key on the consumer",
+             ["endostream keys action=create name=server dir=keys",
+              "endostream keys action=allow path=keys/client.key dir=keys"]),
+    "train": ("train the segmenter on the data under ../shared/data",
+              ["endostream train train.budget_minutes=30 train.out=runs/try"]),
+    "eval": ("Dice and flicker of the weights on the validation split, or on a folder of images and masks",
+             ["endostream eval", "endostream eval images=DIR masks=DIR sequence=true"]),
+    "predict": ("one 0/255 mask PNG per image, at its size (a folder of images or one image file)",
+                ["endostream predict input=frames/ output=out/masks",
+                 "endostream predict input=frame.png output=out/masks"]),
+    "export": ("ONNX graphs (encode + denoise) and their sidecar, beside the weights",
+               ["endostream export weights=weights/polyp.pt"]),
+    "bench": ("latency benchmark of the real pipeline (docs/BENCH.md)",
+              ["endostream bench scenario=pipeline frames=300 out=out/bench",
+               "endostream bench scenario=model model.backend=onnxruntime model.steps=1"]),
+    "batch": ("segment recorded videos offline: every frame, resumable, local pool or Ray (docs/BATCH.md)",
+              ["endostream batch input=videos/ output=out/batch"]),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = [f"  {c:<{width}}  {HELP[c][0]}" for c in COMMANDS]
+    return ("usage: endostream <command> [key=value ...]\n\ncommands:\n" + "\n".join(rows)
+            + "\n\nendostream <command> --help lists its config groups and keys.")
+
+
+def config_problems(command: str, overrides: list[str], cfg) -> list[str]:
+    """One line per wrong-typed override (``model.steps=two``) and per missing mandatory
+    value (``???`` in the YAML: ``output=``)."""
+    from omegaconf import OmegaConf
+
+    from endostream import config_help as ch
+
+    problems = []
+    types = ch.known_types(config_dir())
+    comments = ch.comments_by_key(config_dir(), command)
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item or key not in types:
+            continue
+        err = ch.type_error(key, OmegaConf.select(cfg, key, throw_on_missing=False), types[key],
+                            comments.get(key, ""))
+        if err:
+            problems.append(err)
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        comment = comments.get(key, "")
+        problems.append(f"missing value: {key}=..." + (f" ({comment})" if comment else ""))
+    return problems
+
+
+def explain_compose_error(command: str, overrides: list[str], exc: Exception) -> str:
+    """A Hydra composition error as one line, with "did you mean" where it can guess."""
+    from endostream import config_help as ch
+
+    text = str(exc)
+    m = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
+    if m:
+        key = m.group(1) or m.group(2)
+        parts = key.split(".")
+        groups = dict(ch.defaults_of(config_dir() / f"{command}.yaml"))
+        if len(parts) > 2 and parts[0] in groups and parts[1] in ch.group_options(config_dir(), parts[0]):
+            return (f"unknown key '{key}': {parts[0]} '{parts[1]}' is not selected; add it, "
+                    f"e.g. {parts[0]}=[{parts[1]}] (endostream {command} --help)")
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            base = compose(command, rest)
+        except Exception:  # noqa: BLE001 - another bad override: suggest from the defaults
+            base = compose(command, [])
+        close = ch.did_you_mean(key, ch.flat_keys(base))
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"unknown key '{key}'{hint} (endostream {command} --help lists the keys)"
+    m = re.search(r"Could not (?:find|load) '([^'/]+)/([^']+)'", text)
+    if m:
+        group, option = m.groups()
+        options = ch.group_options(config_dir(), group)
+        close = difflib.get_close_matches(option, options, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        return f"unknown {group} '{option}': {hint}expected one of {', '.join(options)}"
+    if type(exc).__name__ == "OverrideParseException":
+        bad = next((o for o in overrides if "=" not in o), None)
+        what = f"'{bad}'" if bad else "an override"
+        return f"cannot read {what}: expected key=value (lists: key=[a,b]; endostream {command} --help)"
+    return f"bad configuration: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
-        print("usage: endostream <command> [key=value ...]\ncommands: " + ", ".join(COMMANDS))
-        return 0
+        if len(argv) > 1 and argv[1] in COMMANDS:
+            argv = [argv[1], "--help"]
+        else:
+            print(usage())
+            return 0
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"endostream: unknown command {command!r}; expected one of {', '.join(COMMANDS)}",
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"endostream: unknown command {command!r}; {hint}expected one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    if any(a in ("-h", "--help") for a in overrides):
+        from endostream.config_help import command_help
+
+        purpose, examples = HELP[command]
+        print(command_help(config_dir(), command, purpose, examples))
+        return 0
     try:
         cfg = compose(command, overrides)
+        problems = config_problems(command, overrides, cfg)
     except Exception as exc:  # a bad override must read as one line, not a Hydra traceback
-        print(f"endostream {command}: bad configuration: {exc}".splitlines()[0], file=sys.stderr)
+        print(f"endostream {command}: {explain_compose_error(command, overrides, exc)}", file=sys.stderr)
+        return 2
+    if problems:
+        for line in problems:
+            print(f"endostream {command}: {line}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)

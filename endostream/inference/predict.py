@@ -14,13 +14,19 @@ import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
 from endostream.inference.segmenter import load_segmenter
-from endostream.capture.sources import image_files
+from endostream.capture.sources import IMAGE_EXTS, image_files
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in natural order (the same listing as folder sources)."""
+    """Image files of ``folder`` in natural order (the same listing as folder sources), or
+    ``folder`` itself when it is one image file."""
+    if folder.is_file():
+        if not folder.name.lower().endswith(IMAGE_EXTS):
+            raise ValueError(f"input {folder} is not an image (png/jpg/bmp/tif) nor a folder of images")
+        return [folder]
     if not folder.is_dir():
-        raise FileNotFoundError(f"input folder not found: {folder}")
+        raise FileNotFoundError(f"input folder not found: {folder} "
+                                "(input= takes a folder of images or one image file)")
     return [Path(p) for p in image_files(folder) if Path(p).is_file()]
 
 
