@@ -92,8 +92,8 @@ def test_label_follows_its_toggle_not_the_overlay_switch():
 
 
 def test_hud_words_are_plain():
-    hud = HudInfo(fps=24.3, latency_ms=6.2, dropped=21, mask_age_ms=46, stale_ms=500)
-    texts = _texts(hud_lines(hud, has_mask=True))
+    hud = HudInfo(fps=24.3, latency_ms=6.2, dropped=21, mask_age_ms=40, stale_ms=500)
+    texts = _texts(hud_lines(hud, has_mask=True))  # AI lag: the mask's age on screen, 40 + 6 ms
     assert "AI lag 46 ms" in texts and "AI skipped 21 frames" in texts
     assert "24 fps, video lag 6 ms" in texts and "RESEARCH USE ONLY" in texts
     joined = " ".join(texts)

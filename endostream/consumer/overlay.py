@@ -51,7 +51,8 @@ class HudInfo:
 
     fps: displayed frames per second; latency_ms: capture -> overlay of the shown frame, ms
     ("video lag"); dropped: frames the model skipped so far (sent, not segmented; the video
-    itself showed them); mask_age_ms: capture-time age of the shown mask, ms ("AI lag");
+    itself showed them); mask_age_ms: capture-time age of the shown mask, ms (shown as "AI lag"
+    = mask_age_ms + latency_ms, the mask's age on screen);
     stale_ms: the age at which the caller pauses the mask (scales the staleness bar);
     paused: the caller judged the mask stale -> hide it and show "AI paused";
     dice: running mean Dice against streamed ground truth in [0, 1] (None: no ground truth);
@@ -230,6 +231,14 @@ def draw_overlay(
     return out
 
 
+def _ai_lag(hud: HudInfo) -> float | None:
+    """How old the shown mask is on screen: capture of the frame it was computed on -> now,
+    i.e. its capture-time age plus the video lag (the bench's "mask path")."""
+    if hud.mask_age_ms is None:
+        return None
+    return hud.mask_age_ms + (hud.latency_ms or 0.0)
+
+
 def hud_lines(hud: HudInfo, *, show_mask: bool = True, has_mask: bool = False
               ) -> dict[str, list[tuple[str, tuple[int, int, int]]]]:
     """The HUD's words per corner ("tl", "tr", "bl", "br"): a list of (text, BGR colour), the
@@ -240,13 +249,13 @@ def hud_lines(hud: HudInfo, *, show_mask: bool = True, has_mask: bool = False
     if hud.no_model:
         ai = (f"no polyp model for {hud.no_model}", NOTE_BGR)
     elif hud.paused:
-        age = f" (mask {hud.mask_age_ms:.0f} ms old)" if hud.mask_age_ms is not None else ""
+        age = f" (mask {lag:.0f} ms old)" if (lag := _ai_lag(hud)) is not None else ""
         ai = (f"AI paused{age}", PAUSED_BGR)
     elif hud.mask_age_ms is None:
         ai = ("", TEXT_BGR) if has_mask else ("AI starting", DIM_BGR)
     else:
         frac = hud.mask_age_ms / hud.stale_ms if hud.stale_ms else 0.0
-        ai = (f"AI lag {hud.mask_age_ms:.0f} ms", _age_color(frac))
+        ai = (f"AI lag {_ai_lag(hud):.0f} ms", _age_color(frac))
     if not show_mask:
         ai = (f"overlay off, {ai[0]}" if ai[0] else "overlay off", DIM_BGR if ai[1] == TEXT_BGR else ai[1])
     if ai[0]:
