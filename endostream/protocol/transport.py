@@ -234,6 +234,13 @@ class LiveSender(_Socket):
         self._drain_monitor()
         return self.stats.sent > 0 and self.handshakes_ok == 0
 
+    def close(self) -> None:
+        if not self.sock.closed and self.never_accepted:
+            log.warning("%d frames sent but no consumer ever accepted this producer's connection "
+                        "(%d failed handshakes): none of them was received", self.stats.sent,
+                        self.handshakes_failed)
+        super().close()
+
     def _send(self, parts: list) -> bool:
         parts[0] = wire.with_stamp(parts[0], "send")
         try:
@@ -590,6 +597,13 @@ class LosslessSender(_Socket):
         CURVE, or nobody there)."""
         return self.stats.sent > 0 and self.stats.acked == 0
 
+    def close(self) -> None:
+        if not self.sock.closed and self.never_accepted:
+            log.warning("%d messages sent but the consumer acknowledged none (%d failed "
+                        "handshakes): none of them was received", self.stats.sent,
+                        self.handshakes_failed)
+        super().close()
+
     def send(self, frame: Frame, timeout_s: float | None = None) -> None:
         """Queue one frame, waiting while the window is full. Seqs of a stream must be
         consecutive. Raises TimeoutError when ``timeout_s`` passes with the window full."""
@@ -943,11 +957,49 @@ class LosslessReceiver(_Receiver):
         os.replace(tmp, self.state_file)
 
 
+# ============================================================================= re-publish
+
+
+class Publisher(_Socket):
+    """PUB, bound: wire messages out to any number of subscribers (remote viewers,
+    recorders). Like the consumer's socket it binds to loopback unless ``allow_remote`` and
+    is a CURVE server when ``security`` is given (subscribers need keys on the allow-list).
+    ``publish`` never blocks: a slow subscriber loses messages (``sndhwm``)."""
+
+    def __init__(self, endpoint: str, *, sndhwm: int = 4, context: zmq.Context | None = None,
+                 allow_remote: bool = False, security: ServerKeys | None = None,
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 5000):
+        super().__init__(zmq.PUB, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+        self.sock.sndhwm = sndhwm
+        try:
+            self._bind(endpoint, allow_remote, security)
+        except Exception:
+            self.close()
+            raise
+
+    def publish(self, parts: list) -> bool:
+        """Queue one message; False when it could not be queued."""
+        self._drain_monitor()
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+
 # ============================================================================= from config
 
 
 def _security(cfg, server: bool) -> ServerKeys | ClientKeys | None:
-    sec = cfg.get("security") or {}
+    return security_keys(cfg.get("security"), server=server)
+
+
+def security_keys(sec, *, server: bool) -> ServerKeys | ClientKeys | None:
+    """Keys from a ``transport.security`` block (None when it is off or absent): the server
+    side for a socket that binds (consumer, re-publish sink), the client side for one that
+    connects (producer, subscriber)."""
+    sec = sec or {}
     if not sec.get("enabled", False):
         return None
     from endostream.protocol.security import load_client_keys, load_server_keys
