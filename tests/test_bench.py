@@ -209,3 +209,90 @@ def test_model_branch_gets_its_own_smaller_warmup():
     a = _summarize_runs([res], live=True)
     assert a["model_stages"]["encoder"]["count"] == 8
     assert a["mask_end_to_end"]["count"] > 0
+
+
+# ----------------------------------------------------------------------------- mask path, report
+
+
+def _live_records() -> tuple[list[dict], list[dict]]:
+    """40 shown frames every 40 ms (display path 6 ms); the model segments every 4th frame in
+    28 ms after decode, and its mask is shown from the next shown frame after it is done."""
+    def rec(seq, stamps, mask_seq=None):
+        t = seq * 40
+        return {"stream_id": 0, "seq": seq, "t_capture_ns": int(t * 1e6),
+                "stamps_ns": {k: int((t + v) * 1e6) for k, v in stamps.items()},
+                "extra": {"mask_seq": mask_seq}}
+
+    model = [rec(i, {"grab": 0, "encode": 1, "send": 1.5, "receive": 2, "decode": 2.5,
+                     "infer_start": 3, "preprocess": 5, "encoder": 25, "postprocess": 30.5})
+             for i in range(0, 40, 4)]
+    shown = [rec(i, {"grab": 0, "encode": 1, "send": 1.5, "receive": 2, "decode": 2.5, "overlay": 4,
+                     "sink": 6}, mask_seq=(i - 1) // 4 * 4 if i else None) for i in range(40)]
+    return shown, model
+
+
+def test_mask_path_stages_tile_the_mask_path():
+    from endostream.bench.stats import UNTIL_SHOWN, analyze
+
+    shown, model = _live_records()
+    a = analyze(shown, end="sink", warmup=0, model_records=model, live=True)
+    ser = a["series"]
+    assert len(ser["mask_ms"]) == len(ser["mask_t_s"]) == 39  # the first frame has no mask yet
+    # Per shown frame the mask path's stages add up to its end to end exactly.
+    stages = ser["mask_stages"]
+    assert list(stages)[-1] == UNTIL_SHOWN and "encoder" in stages and "overlay" not in stages
+    sums = np.sum([stages[k] for k in stages], axis=0)
+    assert np.allclose(sums, ser["mask_ms"])
+    assert a["model_stages"][UNTIL_SHOWN]["count"] == 39
+    # frame 5 shows frame 4's mask: captured 40 ms earlier, written 6 ms after its own capture
+    assert a["mask_end_to_end"]["min_ms"] == pytest.approx(46.0)
+    assert a["end_to_end"]["p50_ms"] == pytest.approx(6.0)
+
+
+def _report_of(tmp_path: Path) -> tuple[dict, dict]:
+    from endostream.bench.report import machine
+    from endostream.bench.stats import analyze
+
+    shown, model = _live_records()
+    a = analyze(shown, end="sink", warmup=0, model_records=model, live=True)
+    series = a.pop("series")
+    rep = {"scenario": "pipeline", "mode": "live", "frames_sent": 40, "frames_processed": 10,
+           "frames_dropped": 30, "frames_shown": 40, "warmup": 0, "end_boundary": "sink",
+           "machine": machine(), "backend": "onnxruntime", "steps": 0, **a}
+    return rep, series
+
+
+def test_summary_puts_both_end_to_end_figures_first_with_units(tmp_path):
+    from endostream.bench.report import summary_md
+
+    rep, _ = _report_of(tmp_path)
+    md = summary_md(rep)
+    lines = md.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    first = lines[tables[0]:tables[0] + 4]
+    assert first[2].startswith("| **display path**") and first[3].startswith("| **mask path**")
+    assert "| 6.00 |" in first[2] and "goal" in md.lower() and "40 ms" in md and "60 ms" in md
+    assert md.index("**mask path**") < md.index("## Display path stages") < md.index("until shown")
+    # Every header cell names its unit: a count of frames or milliseconds.
+    headers = [lines[i] for i in tables if i + 1 < len(lines) and lines[i + 1].startswith("|---")]
+    assert len(headers) >= 3
+    for h in headers:
+        cells = [c.strip() for c in h.strip("|").split("|")][1:]
+        assert all("(ms)" in c or c == "frames" or "(frames" in c or "(x)" in c for c in cells), h
+    assert "- display path, capture -> the frame written: p50 met, p99 met" in md
+    assert "- mask path" in md
+
+
+def test_plots_show_both_paths_and_fit(tmp_path):
+    from PIL import Image
+
+    from endostream.bench.report import plot_all
+
+    _, series = _report_of(tmp_path)
+    files = plot_all(tmp_path, {"run": series})
+    assert files == ["latency_cdf.png", "latency_over_time.png", "stage_breakdown.png"]
+    for f in files:
+        w, h = Image.open(tmp_path / f).size
+        assert w > 600 and h > 300, f
+    # Two variants: each path of each variant, labelled by variant.
+    assert plot_all(tmp_path, {"k1": series, "k2": series}) == files

@@ -77,58 +77,140 @@ def write_csv(path: Path, records: Sequence[Mapping[str, Any]], order: Sequence[
             w.writerow(row)
 
 
+# The latency goal every figure is read against (README, "Latency"): the glass-to-overlay
+# time a clinician can work with.
+GOAL_P50_MS = 40.0
+GOAL_P99_MS = 60.0
+
+_SUMMARY_COLS = ("count", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms",
+                 "tail_ms", "flatness_ms")
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def _header(first: str) -> list[str]:
+    """A table header with a unit in every column: "frames", then "<stat> (ms)"."""
+    names = ["frames" if c == "count" else f"{c.removesuffix('_ms').replace('p999', 'p99.9')} (ms)"
+             for c in _SUMMARY_COLS]
+    return [f"| {first} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+
+def _row(name: str, s: Mapping[str, Any]) -> str:
+    return f"| {name} | " + " | ".join(_fmt(s.get(c)) for c in _SUMMARY_COLS) + " |"
+
+
+def _goal(s: Mapping[str, Any] | None) -> str:
+    """"met" / "missed by N ms" against the p50 and p99 goals."""
+    if not s or s.get("p50_ms") is None:
+        return "-"
+    parts = []
+    for key, goal in (("p50_ms", GOAL_P50_MS), ("p99_ms", GOAL_P99_MS)):
+        v = float(s[key])
+        name = key.removesuffix("_ms")
+        parts.append(f"{name} met" if v <= goal else f"{name} over by {v - goal:.1f} ms")
+    return ", ".join(parts)
+
+
 def summary_md(report: Mapping[str, Any]) -> str:
-    """A short human summary: counts, end to end, per stage, trend, machine."""
+    """A short human summary. First the two end-to-end figures (the display path: capture -> the
+    frame written; the mask path: capture of the frame a mask was computed on -> a frame showing
+    it) against the goal, then counts, each path's stages, trend and machine."""
     e2e = report["end_to_end"]
     m = report["machine"]
+    live_mask = report.get("mask_end_to_end")
     lines = [f"# endostream bench: {report['scenario']} ({report.get('mode', '-')})", "",
-             f"- frames sent {report['frames_sent']}, processed {report['frames_processed']}, "
-             f"dropped {report['frames_dropped']}, shown {report.get('frames_shown', '-')}, "
-             f"fps {_fmt(report['fps'])}, warm-up skipped {report['warmup']} per stream",
-             f"- model: {report.get('backend')} K={report.get('steps')} "
-             f"sha256 {str(report.get('weights_sha256'))[:12]}",
-             f"- machine: {m.get('cpu')} x{m.get('cores')}, {m.get('os')}, load "
-             f"{m.get('load_avg_1_5_15')}", ""]
-    cols = ["count", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms",
-            "tail_ms", "flatness_ms"]
-    lines += ["| stage | " + " | ".join(c.replace("_ms", "") for c in cols) + " |",
-              "|---" * (len(cols) + 1) + "|"]
-    rows = [("**end to end**", e2e), *report["stages"].items()]
-    if report.get("mask_end_to_end"):
-        rows.append(("mask end to end", report["mask_end_to_end"]))
-    rows += [(f"model: {k}", v) for k, v in (report.get("model_stages") or {}).items()]
-    for name, s in rows:
-        lines.append(f"| {name} | " + " | ".join(_fmt(s.get(c)) for c in cols) + " |")
+             f"Goal: p50 <= {GOAL_P50_MS:g} ms, p99 <= {GOAL_P99_MS:g} ms.", ""]
+    lines += _header("end to end") + [_row("**display path** (HUD: video lag)", e2e)]
+    if live_mask:
+        lines.append(_row("**mask path** (HUD: AI lag)", live_mask))
+    lines += ["", f"- display path, capture -> the frame written: {_goal(e2e)}"]
+    if live_mask:
+        lines.append(f"- mask path, capture of the frame a mask was computed on -> a frame shown with "
+                     f"that mask: {_goal(live_mask)}")
+    elif report.get("end_boundary") == "sink":
+        lines.append("- mask path: the same as the display path (each frame is shown with its own mask)")
+    lines += ["",
+              f"- frames: sent {report['frames_sent']}, segmented {report['frames_processed']}, not "
+              f"segmented (the model skipped them) {report['frames_dropped']}, shown "
+              f"{report.get('frames_shown', '-')}; {_fmt(report['fps'])} frames/s shown"
+              + (f", {_fmt(report.get('model_fps'))} frames/s segmented" if report.get("model_fps") else "")
+              + f"; warm-up skipped: {report['warmup']} frames per stream",
+              f"- model: {report.get('backend')} K={report.get('steps')} "
+              f"sha256 {str(report.get('weights_sha256'))[:12]}",
+              f"- machine: {m.get('cpu')} x{m.get('cores')}, {m.get('os')}, load (1, 5, 15 min) "
+              f"{m.get('load_avg_1_5_15')}", ""]
+    lines += ["## Display path stages", ""] + _header("stage")
+    lines += [_row(name, s) for name, s in report["stages"].items()]
+    if report.get("model_stages"):
+        lines += ["", "## Mask path stages (the model branch, beside the display path)", "",
+                  "Up to decode the masked frame's stages are the display path's own (above). "
+                  "\"until shown\" is counted per shown frame (a mask is shown on several).", ""]
+        lines += _header("stage") + [_row(name, s) for name, s in report["model_stages"].items()]
     c = report.get("consistency") or {}
     if c:
-        lines += ["", f"Sum of stage medians {_fmt(c.get('stage_p50_sum_ms'))} ms vs end-to-end "
-                      f"median {_fmt(c.get('end_to_end_p50_ms'))} ms (ratio {_fmt(c.get('ratio'))})."]
+        lines += ["", f"Sum of display-path stage medians {_fmt(c.get('stage_p50_sum_ms'))} ms vs its "
+                      f"end-to-end median {_fmt(c.get('end_to_end_p50_ms'))} ms (ratio {_fmt(c.get('ratio'))})."]
     t = report.get("trend") or {}
     if t.get("no_backlog_growth") is not None:
         lines.append(f"Latency over time: first third p50 {_fmt(t['first_third_p50_ms'])} ms, last "
                      f"third {_fmt(t['last_third_p50_ms'])} ms, slope {t['slope_ms_per_s']} ms/s "
                      f"-> no_backlog_growth={t['no_backlog_growth']}.")
+    streams = report.get("streams") or {}
+    if len(streams) > 1:
+        lines += ["", "## Per stream", "", "| stream | sent (frames) | shown (frames) | segmented (frames) | "
+                  "mask p50 (ms) | mask p99 (ms) | segmented (frames/s) |", "|---" * 7 + "|"]
+        for sid, v in streams.items():
+            mk = v.get("mask_end_to_end") or {}
+            lines.append(f"| {sid} | {v.get('frames_sent')} | {v.get('frames_shown')} | {v.get('frames_processed')} "
+                         f"| {_fmt(mk.get('p50_ms'))} | {_fmt(mk.get('p99_ms'))} | {_fmt(v.get('model_fps'))} |")
     cmp = report.get("compare")
     if cmp:
         lines += ["", f"## Compare (baseline {cmp['baseline']}, {cmp['rounds']} interleaved rounds)",
-                  "", "| variant | p50 ms | p99 ms | fps | dropped | p50 ratio | p99 ratio | fps ratio |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "", "| variant | display p50 (ms) | display p99 (ms) | mask p50 (ms) | mask p99 (ms) "
+                  "| shown (frames/s) | not segmented (frames) | p50 ratio (x) | p99 ratio (x) | fps ratio (x) |",
+                  "|---" * 10 + "|"]
         for name, v in cmp["variants"].items():
             r = v.get("ratios", {})
+            mk = v.get("mask_end_to_end") or {}
             lines.append(f"| {name} | {_fmt(v['end_to_end']['p50_ms'])} | "
-                         f"{_fmt(v['end_to_end']['p99_ms'])} | {_fmt(v['fps'])} | "
+                         f"{_fmt(v['end_to_end']['p99_ms'])} | {_fmt(mk.get('p50_ms'))} | "
+                         f"{_fmt(mk.get('p99_ms'))} | {_fmt(v['fps'])} | "
                          f"{v['frames_dropped']} | {_fmt(r.get('p50'))} | {_fmt(r.get('p99'))} | "
                          f"{_fmt(r.get('fps'))} |")
     return "\n".join(lines) + "\n"
 
 
+def _goal_lines(ax: Any, *, vertical: bool) -> None:
+    """The p50 and p99 goals as dashed lines, labelled in the legend."""
+    draw = ax.axvline if vertical else ax.axhline
+    draw(GOAL_P50_MS, color="0.25", ls="--", lw=1.2, label=f"goal p50 {GOAL_P50_MS:g} ms")
+    draw(GOAL_P99_MS, color="0.25", ls=":", lw=1.4, label=f"goal p99 {GOAL_P99_MS:g} ms")
+
+
+def _cdf(ax: Any, values: Sequence[float], **kw: Any) -> None:
+    import numpy as np
+
+    v = np.sort(np.asarray(values, float))
+    if v.size:
+        ax.plot(v, np.arange(1, v.size + 1) / v.size, **kw)
+
+
+def _paths(s: Mapping[str, Any]) -> list[tuple[str, list[float], list[float], dict[str, list[float]]]]:
+    """(name, t_s, ms, stages) for the display path and, when measured, the mask path."""
+    out = [("display path", s["e2e_t_s"], s["e2e_ms"], s["stages"])]
+    if s.get("mask_ms"):
+        out.append(("mask path", s["mask_t_s"], s["mask_ms"], s.get("mask_stages") or {}))
+    return out
+
+
 def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str = "") -> list[str]:
-    """PNG plots. ``series``: variant -> {"e2e_t_s", "e2e_ms", "stages": {name: [ms]}}.
-    Written: latency_cdf.png, latency_over_time.png, stage_breakdown.png."""
+    """PNG plots. ``series``: variant -> {"e2e_t_s", "e2e_ms", "stages": {name: [ms]}} and, for
+    a live pipeline, "mask_t_s", "mask_ms", "mask_stages" (the mask path per shown frame).
+    Written: latency_cdf.png (both paths against the goals, and per stage), latency_over_time.png,
+    stage_breakdown.png (stacked stage medians per path). Linear millisecond axes throughout:
+    the goals are in milliseconds and read best on a linear scale."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on a CI box or a tower PC
@@ -137,59 +219,99 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
 
     files = []
     single = len(series) == 1
-    # 1. CDF: per stage for one configuration, end to end per variant when comparing.
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, s in series.items():
-        curves = {"end to end": s["e2e_ms"]} if not single else {"end to end": s["e2e_ms"], **s["stages"]}
-        for label, vals in curves.items():
-            v = np.sort(np.asarray(vals, float))
-            if v.size:
-                ax.plot(v, np.arange(1, v.size + 1) / v.size,
-                        label=label if single else name, lw=2.2 if label == "end to end" else 1.2)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("latency (ms)")
+    path_style = {"display path": "-", "mask path": "--"}
+    colors = plt.get_cmap("tab10")
+    # 1. CDFs: left, end to end per path (per variant when comparing) against the goals;
+    #    right, each stage of each path (one configuration only).
+    ncols = 2 if single else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(13 if single else 8, 5), squeeze=False)
+    ax = axes[0][0]
+    for i, (name, s) in enumerate(series.items()):
+        for pname, _, ms, _ in _paths(s):
+            label = pname if single else f"{name}: {pname}"
+            _cdf(ax, ms, lw=2.2, ls=path_style[pname], color=colors(i if not single else
+                                                                    (0 if pname == "display path" else 3)),
+                 label=label)
+    _goal_lines(ax, vertical=True)
+    ax.axhline(0.5, color="0.7", lw=0.8)
+    ax.axhline(0.99, color="0.7", lw=0.8)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("end-to-end latency (ms)")
     ax.set_ylabel("fraction of frames")
-    ax.set_title("Latency CDF" + (" per stage" if single else " per variant"))
+    ax.set_title("End to end: display path and mask path")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="lower right")
+    if single:
+        ax = axes[0][1]
+        s = next(iter(series.values()))
+        cmap = plt.get_cmap("tab20")
+        k = 0
+        for pname, _, _, stages in _paths(s):
+            for stage, vals in stages.items():
+                if pname == "mask path" and stage in s["stages"] and stage in ("encode", "send", "receive", "decode"):
+                    continue  # the masked frame's transport stages: the display path's, already drawn
+                _cdf(ax, vals, lw=1.3, ls=path_style[pname], color=cmap(k % 20),
+                     label=f"{stage} ({pname.split()[0]})")
+                k += 1
+        ax.set_xlim(left=0)
+        ax.set_xlabel("stage duration (ms)")
+        ax.set_ylabel("fraction of frames")
+        ax.set_title("Per stage (solid: display path, dashed: mask path)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "latency_cdf.png", dpi=100)
+    fig.savefig(out / "latency_cdf.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     files.append("latency_cdf.png")
-    # 2. End-to-end latency over time: a rising line means a growing backlog.
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, s in series.items():
-        ax.plot(s["e2e_t_s"], s["e2e_ms"], ".", ms=3, label=name)
+
+    # 2. Latency over time, both paths: a rising line means a growing backlog.
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, (name, s) in enumerate(series.items()):
+        for pname, t, ms, _ in _paths(s):
+            label = pname if single else f"{name}: {pname}"
+            color = colors(i if not single else (0 if pname == "display path" else 3))
+            ax.plot(t, ms, "." if pname == "display path" else "x", ms=3, color=color, label=label)
+    _goal_lines(ax, vertical=False)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("capture time since start (s)")
     ax.set_ylabel("end-to-end latency (ms)")
     ax.set_title("End-to-end latency over time")
     ax.grid(alpha=0.3)
-    if not single:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "latency_over_time.png", dpi=100)
+    fig.savefig(out / "latency_over_time.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     files.append("latency_over_time.png")
-    # 3. Stacked per-stage medians, one bar per variant, end-to-end median marked.
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(series) + 3), 5))
-    names = list(series)
+
+    # 3. Stacked stage medians, one bar per path (and variant), the end-to-end median marked.
+    bars: list[tuple[str, dict[str, list[float]], list[float]]] = []
+    for name, s in series.items():
+        for pname, _, ms, stages in _paths(s):
+            bars.append((pname if single else f"{name}\n{pname}", stages, ms))
+    labels = [b[0] for b in bars]
     all_stages: list[str] = []
-    for s in series.values():
-        all_stages += [k for k in s["stages"] if k not in all_stages]
+    for _, stages, _ in bars:
+        all_stages += [k for k in stages if k not in all_stages]
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(bars) + 4.5), 5))
     cmap = plt.get_cmap("tab20")
-    bottom = np.zeros(len(names))
+    x = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
     for i, stage in enumerate(all_stages):
-        h = np.array([float(np.median(series[n]["stages"][stage])) if len(series[n]["stages"].get(stage, []))
-                      else 0.0 for n in names])
-        ax.bar(names, h, bottom=bottom, color=cmap(i % 20), label=stage)
+        h = np.array([float(np.median(st[stage])) if len(st.get(stage, [])) else 0.0 for _, st, _ in bars])
+        ax.bar(x, h, 0.6, bottom=bottom, color=cmap(i % 20), label=stage)
         bottom += h
-    e2e = [float(np.median(series[n]["e2e_ms"])) if len(series[n]["e2e_ms"]) else 0.0 for n in names]
-    ax.scatter(names, e2e, marker="_", s=800, color="k", zorder=3, label="end-to-end p50")
+    e2e = [float(np.median(ms)) if len(ms) else 0.0 for _, _, ms in bars]
+    ax.hlines(e2e, x - 0.36, x + 0.36, color="k", lw=2.2, zorder=3, label="end-to-end median")
+    ax.axhline(GOAL_P50_MS, color="0.25", ls="--", lw=1.2, label=f"goal p50 {GOAL_P50_MS:g} ms")
+    ax.set_xticks(x, labels)
+    ax.set_xlim(-0.7, len(bars) - 0.3)
+    ax.set_ylim(0, max(GOAL_P50_MS, *e2e, *bottom) * 1.12)
     ax.set_ylabel("median latency (ms)")
-    ax.set_title("Per-stage breakdown (medians)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Where the time goes (stage medians)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "stage_breakdown.png", dpi=100)
+    fig.savefig(out / "stage_breakdown.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     files.append("stage_breakdown.png")
     return files

@@ -19,6 +19,9 @@ import numpy as np
 BOUNDARIES: tuple[str, ...] = ("grab", "encode", "send", "receive", "decode", "infer_start", "preprocess",
                                "encoder", "step*", "postprocess", "overlay", "sink")
 
+# The mask path's last stage: the mask's postprocess -> the sink writing a frame drawn with it.
+UNTIL_SHOWN = "until shown"
+
 PERCENTILES: dict[str, float] = {"p10_ms": 10, "p50_ms": 50, "p90_ms": 90, "p95_ms": 95,
                                  "p99_ms": 99, "p999_ms": 99.9}
 
@@ -132,7 +135,9 @@ def analyze(records: Sequence[Mapping], *, end: str, warmup: int,
             model_records: Sequence[Mapping] = (), live: bool = False) -> dict:
     """Records of one configuration -> end_to_end, stages (the end-to-end path: they tile it,
     so their medians add up to about the end-to-end median), model_stages and mask_end_to_end
-    (live: the model branch beside the display path), trend, fps and a consistency line."""
+    (live: the model branch beside the display path; model_stages ends with "until shown", the
+    mask's postprocess -> the sink showing it), trend, fps, a consistency line, and ``series``
+    for the plots (display path; live also the mask path per shown frame and its stages)."""
     kept = skip_warmup(sorted(records, key=lambda r: int(r["t_capture_ns"])), warmup)
     order = stage_order(kept)
     e2e = [(int(r["t_capture_ns"]), v) for r in kept if (v := end_to_end_ms(r, end)) is not None]
@@ -161,13 +166,28 @@ def analyze(records: Sequence[Mapping], *, end: str, warmup: int,
         morder = [b for b in stage_order(mkept) if b not in skip]
         out["model_stages"] = {k: summarize(v) for k, v in stage_table(mkept, morder).items()}
         # What the overlay really shows: capture of the frame the mask was computed on ->
-        # the sink writing a frame with that mask.
-        cap = {(r.get("run", 0), int(r["stream_id"]), int(r["seq"])): int(r["t_capture_ns"])
-               for r in model_records}
-        mask_e2e = [(r["stamps_ns"][end] - cap[k]) / 1e6 for r in kept
-                    if (k := (r.get("run", 0), int(r["stream_id"]), _int(r.get("extra", {}).get("mask_seq"))))
-                    in cap and end in r["stamps_ns"]]
+        # the sink writing a frame with that mask. Per shown frame, its stages tile that path:
+        # the masked frame's own stages up to postprocess, then "until shown" (postprocess ->
+        # the sink of the frame drawn with it: waiting for the next displayed frame + drawing).
+        by_key = {(r.get("run", 0), int(r["stream_id"]), int(r["seq"])): r for r in model_records}
+        path_order = [b for b in stage_order(model_records) if b not in ("overlay", "sink")]
+        mask_t, mask_e2e = [], []
+        mask_stages: dict[str, list[float]] = {b: [] for b in path_order[1:]}
+        mask_stages[UNTIL_SHOWN] = []
+        for r in kept:
+            m = by_key.get((r.get("run", 0), int(r["stream_id"]), _int(r.get("extra", {}).get("mask_seq"))))
+            if m is None or end not in r["stamps_ns"]:
+                continue
+            mask_t.append((int(r["t_capture_ns"]) - e2e[0][0]) / 1e9 if e2e else 0.0)
+            mask_e2e.append((r["stamps_ns"][end] - int(m["t_capture_ns"])) / 1e6)
+            for k, v in stage_durations(m["stamps_ns"], path_order).items():
+                mask_stages[k].append(v)
+            if "postprocess" in m["stamps_ns"]:
+                mask_stages[UNTIL_SHOWN].append((r["stamps_ns"][end] - m["stamps_ns"]["postprocess"]) / 1e6)
         out["mask_end_to_end"] = summarize(mask_e2e)
+        out["model_stages"][UNTIL_SHOWN] = summarize(mask_stages[UNTIL_SHOWN])
+        out["series"].update(mask_t_s=mask_t, mask_ms=mask_e2e,
+                             mask_stages={k: v for k, v in mask_stages.items() if v})
         post = sorted(int(r["stamps_ns"]["postprocess"]) for r in mkept if "postprocess" in r["stamps_ns"])
         out["model_fps"] = (round((len(post) - 1) / ((post[-1] - post[0]) / 1e9), 2)
                             if len(post) > 1 and post[-1] > post[0] else None)
