@@ -99,3 +99,65 @@ def test_network_without_temporal_module_runs_through_onnxruntime(tmp_path) -> N
     for _ in range(2):  # the second frame has a (non-empty) memory to offer
         out = seg.segment(frame)
     assert out.mask.shape == (90, 120)
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(tmp_path_factory) -> tuple[Path, dict]:
+    """`endostream export precision=fp16` run as a command on a copy of the shipped weights."""
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("export16")
+    shutil.copy(WEIGHTS, out / WEIGHTS.name)
+    r = subprocess.run([sys.executable, "-m", "endostream.cli", "export", f"weights={out / WEIGHTS.name}",
+                        "precision=fp16"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "precision fp16" in r.stdout
+    return out, json.loads((out / "polyp.fp16.json").read_text())
+
+
+def test_fp16_export_has_half_weights_and_float32_io(exported_fp16) -> None:
+    out, side = exported_fp16
+    assert side["precision"] == "fp16" and side["dtype"] == "float32"
+    assert check_artifacts(out / WEIGHTS.name, precision="fp16")[0] is not None
+    assert "no sidecar" in check_artifacts(out / WEIGHTS.name)[1]  # the FP32 set is separate
+    for part, ins, outs in (("encode", ENCODE_INPUTS, ENCODE_OUTPUTS), ("denoise", DENOISE_INPUTS, DENOISE_OUTPUTS)):
+        assert side["onnx"][part]["file"] == f"polyp.fp16.{part}.onnx"
+        model = onnx.load(str(out / side["onnx"][part]["file"]))
+        assert [i.name for i in model.graph.input] == list(ins) and [o.name for o in model.graph.output] == list(outs)
+        for vi in (*model.graph.input, *model.graph.output):  # casts inside, float32 at the edges
+            assert vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            assert _dims(vi) == side["shapes"][part][vi.name], vi.name
+        kinds = [t.data_type for t in model.graph.initializer if t.dims and np.prod(t.dims) > 16]
+        assert kinds and all(k == onnx.TensorProto.FLOAT16 for k in kinds), part  # every weight tensor is half
+
+
+def test_fp16_graphs_run_in_onnxruntime_cpu_close_to_fp32(exported_fp16) -> None:
+    """ONNX Runtime's CPU provider loads and runs the FP16 graphs; a real ClinicDB frame through
+    encode + 2 denoise steps stays within the FP16 tolerance of the FP32 graphs (as torch CUDA fp16)."""
+    import cv2
+
+    from endostream.inference.preprocess import find_fov, to_input
+    from endostream.runtime.ort_backend import OrtBackend
+    from endostream.runtime.registry import resolve_graphs
+
+    out, side16 = exported_fp16
+    paths32, side32 = resolve_graphs(WEIGHTS)
+    paths16 = graph_paths(out / WEIGHTS.name, precision="fp16")
+    b32 = OrtBackend(paths32["encode"], paths32["denoise"], side32["config"], threads=1)
+    b16 = OrtBackend(paths16["encode"], paths16["denoise"], side16["config"], threads=1, sidecar=side16)
+    img = cv2.imread("/work/shared/data/cvc-clinicdb/images/1.png")
+    assert img is not None, "ClinicDB frame 1 missing (see /work/shared/data/README)"
+    x = to_input(img, 256, find_fov(img))
+    mem = np.zeros((1, 2, 64, 16, 16), np.float32)
+    valid = np.zeros((1, 2), np.float32)
+    e32, e16 = b32.encode(x, mem, valid), b16.encode(x, mem, valid)
+    assert all(e16[k].dtype == np.float32 and e16[k].shape == e32[k].shape for k in e32)
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    assert np.abs(sig(e16["aux_logits"]) - sig(e32["aux_logits"])).max() < 2e-2
+    noise = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)
+    for t in (999.0, 499.0):
+        d32 = b32.denoise(e32["feat"], noise, np.array([t], np.float32))
+        d16 = b16.denoise(e16["feat"], noise, np.array([t], np.float32))
+        assert d16.dtype == np.float32 and np.abs(sig(d16) - sig(d32)).max() < 2e-2, t

@@ -6,12 +6,17 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from endostream.fileutil import file_sha256
 from endostream.runtime.artifacts import cache_dir, check_artifacts, graph_paths
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+# Options each backend takes; max_batch everywhere (torch and the ORT CPU/CUDA providers take any
+# batch, so there it only sizes the TensorRT EP's profile or nothing at all).
+OPTIONS = {"torch": {"precision", "cuda_graphs", "compile", "max_batch"},
+           "onnxruntime": {"precision", "max_batch"},
+           "tensorrt": {"precision", "cuda_graphs", "max_batch", "opt_batch", "engine_cache"}}
 
 
 def has_module(name: str) -> bool:
@@ -48,22 +53,36 @@ def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[s
     return graph_paths(weights, out, precision), side
 
 
-def auto_backend() -> tuple[str, str]:
-    """(backend, device) by preference: TensorRT, ONNX Runtime on its GPU providers (TensorRT EP,
-    then CUDA EP, then CPU, as the installed onnxruntime has them), torch CUDA, ONNX Runtime CPU."""
-    if has_nvidia_gpu():
-        if has_module("tensorrt") and has_module("torch"):
+def auto_choice(nvidia_gpu: bool, has_tensorrt: bool, has_torch: bool, ort_providers: list[str],
+                torch_cuda: Callable[[], bool]) -> tuple[str, str]:
+    """(backend, device) for ``auto`` from the facts of a machine; pure, so every branch is
+    tested on any machine. Preference: TensorRT (module + torch for its buffers), ONNX Runtime on
+    its GPU providers (device ``gpu``: TensorRT EP, then CUDA EP, then CPU, as installed), torch
+    CUDA, ONNX Runtime CPU. ``torch_cuda`` is asked last, so a CPU machine never imports torch."""
+    if nvidia_gpu:
+        if has_tensorrt and has_torch:
             return "tensorrt", "cuda"
-        from endostream.runtime.ort_backend import gpu_providers_available
-
-        if gpu_providers_available():
+        if any(p in ort_providers for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")):
             return "onnxruntime", "gpu"
-        if has_module("torch"):
-            import torch
-
-            if torch.cuda.is_available():
-                return "torch", "cuda"
+        if has_torch and torch_cuda():
+            return "torch", "cuda"
     return "onnxruntime", "cpu"
+
+
+def auto_backend() -> tuple[str, str]:
+    """``auto_choice`` for this machine."""
+    def torch_cuda() -> bool:
+        import torch
+
+        return bool(torch.cuda.is_available())
+
+    gpu = has_nvidia_gpu()
+    providers: list[str] = []
+    if gpu:
+        from endostream.runtime.ort_backend import available_providers
+
+        providers = available_providers()
+    return auto_choice(gpu, has_module("tensorrt"), has_module("torch"), providers, torch_cuda)
 
 
 def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: str = "cpu",
@@ -75,16 +94,21 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
     the backend: torch ``precision`` (fp32|fp16|bf16), ``cuda_graphs``, ``compile``; tensorrt
     ``precision``, ``cuda_graphs``, ``max_batch``, ``engine_cache``; onnxruntime ``precision``
     (fp32|fp16: which exported graphs it runs) and ``max_batch`` (the TensorRT EP's profile).
-    ``max_batch`` is dropped for torch, which takes any batch.
+    An option the named backend does not take is an error; under ``auto``, which may pick any
+    backend, it is dropped (e.g. torch's ``cuda_graphs`` when ONNX Runtime is chosen).
     """
     if name == "auto":
         name, device = auto_backend()
+        options = {k: v for k, v in options.items() if k in OPTIONS[name]}
+    unknown = sorted(set(options) - OPTIONS.get(name, set(options)))
+    if unknown:
+        raise ValueError(f"backend {name} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(OPTIONS[name]))}")
     if name == "torch":
         from endostream.model.io import load_weights
         from endostream.runtime.torch_backend import TorchBackend
 
         net = model if model is not None else load_weights(weights)[0]
-        options.pop("max_batch", None)  # dynamic batch: nothing to size in advance
+        options.pop("max_batch", None)  # any batch: nothing to size in advance
         return TorchBackend(net, device=device, threads=threads, **options)
     if name == "onnxruntime":
         from endostream.runtime.ort_backend import OrtBackend
