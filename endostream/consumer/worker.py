@@ -127,16 +127,36 @@ class ModelRouter:
 # ============================================================================ inference
 
 
+@dataclass
+class SameFrameStats:
+    """Live display path: how often a frame was shown with its own mask. The display waits for
+    it up to ``overlay.wait_ms`` and otherwise shows the newest mask (the deadline missed)."""
+
+    wait_ms: float = 0.0
+    frames: int = 0  # frames the display path asked a mask for
+    met: int = 0  # ... and got the frame's own mask by the deadline
+    waited_ms: float = 0.0  # total time the display path spent waiting
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wait_ms": self.wait_ms, "frames": self.frames, "met": self.met,
+                "missed": self.frames - self.met,
+                "met_rate": round(self.met / self.frames, 4) if self.frames else None,
+                "mean_wait_ms": round(self.waited_ms / self.frames, 3) if self.frames else None}
+
+
 class Inference:
-    """Runs the modality's segmenter on one frame. ``delay_ms`` adds a fixed wait per
-    inference (simulates a slow accelerator in tests). Resets a stream's temporal memory when
-    its producer epoch changes. Not thread-safe: one caller (the worker, or the lossless loop)."""
+    """Runs the modality's segmenter on frames: one (:meth:`run`) or one frame of each of several
+    streams as a batch (:meth:`run_batch`). ``delay_ms`` adds a fixed wait per model call
+    (simulates a slow accelerator in tests). Resets a stream's temporal memory when its
+    producer epoch changes. Not thread-safe: one caller (the worker, or the lossless loop)."""
 
     def __init__(self, router: ModelRouter, *, delay_ms: float = 0.0,
                  record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.router, self.delay_s, self.record = router, delay_ms / 1000.0, record
         self.processed: dict[tuple[int, int], int] = {}  # (stream, epoch) -> frames processed
         self.infer_ms: deque[float] = deque(maxlen=100_000)
+        self.batches: deque[int] = deque(maxlen=100_000)  # frames per model call
+        self.same_frame = SameFrameStats()  # filled by the live worker's wait_for
         self.errors = 0
         self._epoch: dict[int, int] = {}
 
@@ -144,29 +164,69 @@ class Inference:
         self._epoch.pop(stream_id, None)
         self.router.reset(stream_id)
 
+    @property
+    def max_batch(self) -> int:
+        """The largest batch any loaded model takes (1 before the first model is loaded)."""
+        return max((int(info.get("max_batch", 1)) for info in self.router.infos()), default=1)
+
+    def batch_stats(self) -> dict[str, Any]:
+        """Frames per model call: {mean, max, calls}."""
+        b = list(self.batches)
+        return {"mean": round(sum(b) / len(b), 3) if b else None, "max": max(b, default=None), "calls": len(b)}
+
     def run(self, frame: Frame, epoch: int, newest_seq: int | None = None,
             picked_ns: int | None = None) -> MaskResult | None:
         """Segment one frame. ``newest_seq`` / ``picked_ns`` (live): the newest seq the worker
         had for this stream when it picked this frame, and when; recorded so a test can prove
         that no older frame was ever processed."""
-        sid = frame.stream_id
-        if self._epoch.get(sid) != epoch:  # new stream or restarted producer: fresh memory
-            if sid in self._epoch:
-                self.router.reset(sid)
-            self._epoch[sid] = epoch
+        return self.run_batch([(frame, epoch, newest_seq)], picked_ns)[0]
+
+    def run_batch(self, items: list[tuple[Frame, int, int | None]],
+                  picked_ns: int | None = None) -> list[MaskResult | None]:
+        """Segment one frame of each of several streams: ``items`` = (frame, epoch, newest_seq).
+        Frames of one model run as one batch (split at its ``max_batch``); None for a frame
+        that failed. A model error on a batch retries its frames one by one, so one bad frame
+        costs only its own mask."""
+        results: list[MaskResult | None] = [None] * len(items)
+        groups: dict[int, tuple[Any, list[int]]] = {}
+        for i, (frame, epoch, _) in enumerate(items):
+            self._check_epoch(frame.stream_id, epoch)
+            try:
+                seg, _ = self.router.get(frame.modality)
+            except Exception as exc:  # noqa: BLE001 - a model that fails to load costs its frames only
+                self._error(frame, exc)
+                continue
+            groups.setdefault(id(seg), (seg, []))[1].append(i)
+        for seg, idx in groups.values():
+            size = max(1, int(getattr(seg, "max_batch", 1)))
+            for k in range(0, len(idx), size):
+                chunk = idx[k:k + size]
+                for i, result in zip(chunk, self._segment(seg, [items[i] for i in chunk], picked_ns)):
+                    results[i] = result
+        return results
+
+    def _segment(self, seg: Any, items: list[tuple[Frame, int, int | None]],
+                 picked_ns: int | None) -> list[MaskResult | None]:
+        frames = [f for f, _, _ in items]
         t0 = time.monotonic_ns()
         try:
-            seg, _ = self.router.get(frame.modality)
             if self.delay_s:
                 time.sleep(self.delay_s)
-            pred = seg.segment(np.asarray(frame.image), sid)
+            preds = seg.segment_batch([np.asarray(f.image) for f in frames], [f.stream_id for f in frames])
         except Exception as exc:  # noqa: BLE001 - one bad frame or model error must not stop the stream
-            self.errors += 1
-            if self.errors == 1 or self.errors % 100 == 0:
-                log.error("inference failed on stream %d seq %d (%d so far): %s", sid, frame.seq,
-                          self.errors, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return None
+            if len(items) > 1:  # nothing was updated: each frame again on its own
+                return [r for item in items for r in self._segment(seg, [item], picked_ns)]
+            self._error(frames[0], exc)
+            return [None]
         t1 = time.monotonic_ns()
+        self.batches.append(len(frames))
+        return [self._result(frame, epoch, newest, pred, seg, t0, t1, picked_ns, len(frames))
+                for (frame, epoch, newest), pred in zip(items, preds)]
+
+    def _result(self, frame: Frame, epoch: int, newest_seq: int | None, pred: Prediction, seg: Any,
+                t0: int, t1: int, picked_ns: int | None, batch: int) -> MaskResult:
+        """One frame's finished prediction -> counters, its inference record, its MaskResult."""
+        sid = frame.stream_id
         key = (sid, epoch)
         self.processed[key] = self.processed.get(key, 0) + 1
         self.infer_ms.append((t1 - t0) / 1e6)
@@ -176,9 +236,21 @@ class Inference:
                          "t_capture_ns": frame.t_capture_ns, "picked": picked_ns or t0,
                          "infer_start": t0,
                          **dict(frame.stamps_ns), **pred.stages_ns,
-                         "presence": round(pred.presence, 4), "gated": int(pred.gated)})
+                         "presence": round(pred.presence, 4), "gated": int(pred.gated), "batch": batch})
         return MaskResult(sid, epoch, frame.seq, frame.t_capture_ns, pred,
                           bool(seg.info.get("trained", False)), t0)
+
+    def _check_epoch(self, sid: int, epoch: int) -> None:
+        if self._epoch.get(sid) != epoch:  # new stream or restarted producer: fresh memory
+            if sid in self._epoch:
+                self.router.reset(sid)
+            self._epoch[sid] = epoch
+
+    def _error(self, frame: Frame, exc: Exception) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 100 == 0:
+            log.error("inference failed on stream %d seq %d (%d so far): %s", frame.stream_id, frame.seq,
+                      self.errors, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     @property
     def total_processed(self) -> int:
@@ -186,10 +258,13 @@ class Inference:
 
 
 class InferenceWorker:
-    """Live mode: the model in its own thread, always on the newest submitted frame.
+    """Live mode: the model in its own thread, always on the newest submitted frames.
 
-    ``submit`` replaces a stream's pending frame (newest wins, never a queue); ``latest``
-    returns the newest finished result. The display thread never waits on the model.
+    ``submit`` replaces a stream's pending frame (newest wins, never a queue). The worker takes
+    the pending frame of every stream (oldest capture first, at most the model's ``max_batch``)
+    and segments them as one batch; it never waits for a stream with nothing new. ``latest``
+    returns a stream's newest finished result at once; ``wait_for`` waits for one frame's own
+    result up to a deadline (same-frame masks), then returns the newest.
     """
 
     def __init__(self, inference: Inference) -> None:
@@ -198,22 +273,56 @@ class InferenceWorker:
         self._pending: dict[int, tuple[Frame, int]] = {}
         self._newest: dict[int, tuple[int, int]] = {}  # stream -> (epoch, newest seq submitted)
         self._latest: dict[int, MaskResult] = {}
+        self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
+        self._inflight: set[int] = set()  # streams in the batch being segmented
         self._resets: set[int] = set()
-        self._busy = False
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
 
     def submit(self, frame: Frame, epoch: int) -> None:
+        self.submit_many([(frame, epoch)])
+
+    def submit_many(self, frames: list[tuple[Frame, int]]) -> None:
+        """Submit the newest frame of several streams at once, so the worker batches them all
+        instead of starting on the first. A frame already submitted (same stream, epoch and seq
+        or older) is ignored: it is pending, in flight or done."""
         with self._cv:
-            self._pending[frame.stream_id] = (frame, epoch)
-            ep, seq = self._newest.get(frame.stream_id, (epoch, -1))
-            self._newest[frame.stream_id] = (epoch, frame.seq if ep != epoch else max(seq, frame.seq))
-            self._cv.notify()
+            for frame, epoch in frames:
+                ep, seq = self._newest.get(frame.stream_id, (epoch, -1))
+                if ep == epoch and frame.seq <= seq:
+                    continue
+                self._pending[frame.stream_id] = (frame, epoch)
+                self._newest[frame.stream_id] = (epoch, frame.seq)
+            self._cv.notify_all()
 
     def latest(self, stream_id: int) -> MaskResult | None:
         with self._cv:
             return self._latest.get(stream_id)
+
+    def wait_for(self, stream_id: int, seq: int, epoch: int, deadline_ns: int) -> MaskResult | None:
+        """The newest result of a stream once frame ``seq`` (of ``epoch``) is finished, or at
+        ``deadline_ns`` (``time.monotonic_ns``) if that comes first; returns at once when the
+        frame is neither pending nor being segmented (nothing to wait for). Counts in
+        ``inference.same_frame`` whether the result is the frame's own."""
+        t0 = time.monotonic_ns()
+        with self._cv:
+            while not self._finished(stream_id, seq, epoch) and (
+                    stream_id in self._pending or stream_id in self._inflight):
+                left_ns = deadline_ns - time.monotonic_ns()
+                if left_ns <= 0:
+                    break
+                self._cv.wait(left_ns / 1e9)
+            result = self._latest.get(stream_id)
+            stats = self.inference.same_frame
+            stats.frames += 1
+            stats.met += result is not None and result.seq == seq and result.epoch == epoch
+            stats.waited_ms += (time.monotonic_ns() - t0) / 1e6
+        return result
+
+    def _finished(self, stream_id: int, seq: int, epoch: int) -> bool:
+        done = self._done.get(stream_id)
+        return done is not None and done[0] == epoch and done[1] >= seq
 
     def reset(self, stream_id: int) -> None:
         """End of a stream: forget its pending frame, result and memory (done in the worker)."""
@@ -221,20 +330,21 @@ class InferenceWorker:
             self._pending.pop(stream_id, None)
             self._latest.pop(stream_id, None)
             self._newest.pop(stream_id, None)
+            self._done.pop(stream_id, None)
             self._resets.add(stream_id)
-            self._cv.notify()
+            self._cv.notify_all()
 
     @property
     def busy(self) -> bool:
         with self._cv:
-            return self._busy or bool(self._pending)
+            return bool(self._inflight or self._pending)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the inference in flight (not the pending ones) and end the thread."""
         with self._cv:
             self._stop = True
             self._pending.clear()
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join(timeout_s)
 
     def _loop(self) -> None:
@@ -245,19 +355,24 @@ class InferenceWorker:
                 if self._stop:
                     return
                 resets, self._resets = self._resets, set()
-                item, newest, picked_ns = None, None, 0
-                if self._pending:  # the stream whose frame waited longest goes first (fairness)
-                    sid = min(self._pending, key=lambda s: self._pending[s][0].t_capture_ns)
-                    item = self._pending.pop(sid)
-                    newest, picked_ns = self._newest[sid][1], time.monotonic_ns()
-                self._busy = item is not None
+                cap = max(1, self.inference.max_batch)
+                # The streams whose frames waited longest go first (fairness when over the cap).
+                sids = sorted(self._pending, key=lambda s: self._pending[s][0].t_capture_ns)[:cap]
+                picked_ns = time.monotonic_ns()
+                items = [(*self._pending.pop(sid), self._newest[sid][1]) for sid in sids]
+                self._inflight = set(sids)
             for sid in resets:
                 self.inference.reset(sid)
-            if item is None:
+            if not items:
                 continue
-            frame, epoch = item
-            result = self.inference.run(frame, epoch, newest_seq=newest, picked_ns=picked_ns)
+            results = self.inference.run_batch(items, picked_ns)
             with self._cv:
-                self._busy = False
-                if result is not None and frame.stream_id not in self._resets:
-                    self._latest[frame.stream_id] = result
+                self._inflight = set()
+                for (frame, epoch, _), result in zip(items, results):
+                    sid = frame.stream_id
+                    if sid in self._resets or self._newest.get(sid, (epoch,))[0] != epoch:
+                        continue  # the stream ended or restarted meanwhile
+                    self._done[sid] = (epoch, frame.seq)
+                    if result is not None:
+                        self._latest[sid] = result
+                self._cv.notify_all()

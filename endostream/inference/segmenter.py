@@ -224,18 +224,15 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
                    backend_options: dict[str, Any] | None = None) -> Segmenter:
     """Build a Segmenter from shipped weights with the named backend (``auto`` picks the fastest
     available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU). ``backend_options``
-    go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...); a
-    TensorRT engine is built for batches up to ``max_batch`` unless they name their own."""
-    from endostream.runtime.registry import auto_backend, create_backend
+    go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...); the
+    backend is sized for batches up to ``max_batch`` unless they name their own."""
+    from endostream.runtime.registry import create_backend
 
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    options = dict(backend_options or {})
-    if "max_batch" not in options and backend in ("auto", "tensorrt"):
-        name, dev = auto_backend() if backend == "auto" else (backend, device)
-        if name == "tensorrt":  # the engine's batch profile must cover the batches it will get
-            backend, device, options["max_batch"] = name, dev, int(max_batch)
+    # A TensorRT engine's (or EP's) batch profile must cover the batches the worker sends.
+    options = {"max_batch": int(max_batch), **dict(backend_options or {})}
     be = create_backend(backend, path, threads=threads, device=device, **options)
     side = read_weights_info(path)  # after the backend: a first use may have just written it
     meta = side.get("meta", {})
