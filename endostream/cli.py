@@ -29,6 +29,13 @@ COMMANDS: dict[str, str] = {
     "batch": "endostream.batch.run:run",
 }
 
+# command -> "module:function" run on the composed config before the command's own module is
+# imported: cheap checks (a taken port) that must fail in a second, not after the model loads.
+PREFLIGHT: dict[str, str] = {
+    "consume": "endostream.consumer.ports:check",
+    "demo": "endostream.consumer.ports:check",
+}
+
 
 def config_dir() -> Path:
     """The ``configs/`` folder: ``$ENDOSTREAM_CONFIGS`` or the one beside the package."""
@@ -177,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in problems:
             print(f"endostream {command}: {line}", file=sys.stderr)
         return 2
-    module_name, func_name = COMMANDS[command].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
     try:
+        for target in [PREFLIGHT[command]] if command in PREFLIGHT else []:
+            module_name, func_name = target.split(":")
+            getattr(importlib.import_module(module_name), func_name)(cfg)
+        module_name, func_name = COMMANDS[command].split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
         return int(func(cfg) or 0)
     except KeyboardInterrupt:
         return 130

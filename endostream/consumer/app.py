@@ -8,6 +8,7 @@ The stages are small classes with typed inputs and outputs, wired in one place
       -> OverlayStage (newest mask + age, "AI paused")        every received frame
       -> SinkStage (video, masks, viewer...; stamps overlay/sink)
       -> Telemetry (fps, latency, drops, Dice) + Records (per-frame CSV / callback)
+      -> SignalTracker (waiting / live / no_signal / ended; cards and viewer status)
 
 live      The display path (receive -> overlay -> sinks) never waits for the model: every
           frame the receiver delivers is drawn with the newest mask available and its age, and
@@ -18,8 +19,18 @@ lossless  One thread: each frame is segmented, drawn, written by the sinks, jour
           ``frames.csv`` and only then acknowledged. The receiver's state file and the journal
           live in ``out``, so a killed and restarted consumer neither loses nor duplicates.
 
-Stages live in ``consumer_inference`` (models, live worker), ``consumer_stages`` (overlay,
-sinks, controls) and ``consumer_telemetry`` (HUD counters, summary, per-frame records).
+Signal state: while no frames arrive the display path keeps going and sends full-frame cards
+("NO SIGNAL - last frame N s ago" on the dimmed last image, "WAITING FOR VIDEO" before the first
+frame) to the viewer and window, and NO SIGNAL cards to the live overlay video; the viewer's
+status bar and ``/status.json`` get the state, fps, lag and mask age. See
+:mod:`endostream.consumer.signal`.
+
+Stages live in ``consumer.worker`` (models, live worker), ``consumer.stages`` (overlay, sinks,
+controls), ``consumer.telemetry`` (HUD counters, summary, per-frame records) and
+``consumer.signal`` (signal state and its cards).
+
+Start-up fails fast, before the model loads: the transport endpoint and every viewer port are
+bound first, and one that is taken is a one-line error naming the override that changes it.
 
 Run-time controls: a JSON file (``control_file``, default ``<out>/control.json``) polled a few
 times a second, e.g. ``{"show_mask": false}`` or ``{"opacity": 0.7}``. See docs/CONSUMER.md.
@@ -41,6 +52,8 @@ from typing import Any
 from endostream.consumer.worker import (Inference, InferenceWorker, MaskResult, ModalitySpec,
                                            ModelRouter, modality_spec)
 from endostream.consumer.stages import Controls, OverlayStage, Shown, SinkStage
+from endostream.consumer.ports import StartupError, check_viewer_ports, endpoint_in_use, viewer_specs
+from endostream.consumer.signal import SignalCards, SignalTracker
 from endostream.consumer.telemetry import (RecordCallback, Records, StreamInfo, Telemetry, dice,
                                            percentiles, read_journal)
 from endostream.consumer.overlay import HudInfo
@@ -59,7 +72,11 @@ class ConsumerOptions:
     idle_timeout_s: float = 30.0  # exit when no message arrived this long
     min_streams: int = 1  # end-of-stream ends the run once this many streams have ended
     stale_ms: float = 500.0
+    wait_ms: float = 0.0  # issue 17: live display waits up to this for a frame's own mask
     note: str = ""  # extra HUD text
+    no_signal_after_ms: float = 1000.0  # a live stream without frames this long is "no signal"
+
+
 
 
 class Consumer:
@@ -80,6 +97,11 @@ class Consumer:
         self.exit_reason = ""
         self.stop_requested = False
         self._ends_seen: set[tuple[int, int]] = set()
+        self.signal = SignalTracker(options.no_signal_after_ms)
+        main = router.infos()[0] if router.infos() else {}
+        self.cards = SignalCards(self.signal, sinks.sinks, self.tel, {
+            "model": Path(str(main.get("weights") or "")).stem or None, "backend": main.get("backend"),
+            "steps": main.get("steps"), "trained": main.get("trained")}, live=options.mode == "live")
         infos = router.infos()
         self.default_trained = bool(infos[0].get("trained", False)) if infos else True
         self._t_start = time.monotonic()
@@ -90,13 +112,14 @@ class Consumer:
         trained = result.trained if result is not None else self.default_trained
         note = " | ".join(n for n in ("" if trained else "UNTRAINED WEIGHTS", self.opt.note) if n)
         hud = HudInfo(fps=self.tel.fps(sid), latency_ms=(time.monotonic_ns() - frame.t_capture_ns) / 1e6,
-                      dropped=max(0, self.tel.sent.get((sid, epoch), 0)
+                      dropped=max(0, self.tel.sent.get((sid, epoch), 0) - self.tel.first.get((sid, epoch), 0)
                                   - self.inference.processed.get((sid, epoch), 0) - 1),
                       dice=self.tel.dice_mean, note=note,
                       stream_id=sid if len(self.tel.streams) > 1 else None)
         shown = self.overlay.draw(frame, result, hud, st.first_capture_ns)
         self.sinks.write(frame, shown)
         lat = self.tel.on_shown(frame, shown)
+        self.cards.on_shown(frame, epoch, lat, shown.mask_age_ms)
         d = None
         if frame.gt_mask is not None:
             d = dice(shown.prediction.mask if shown.prediction is not None else None, frame.gt_mask)
@@ -127,11 +150,14 @@ class Consumer:
         try:
             while not self.stop_requested:
                 self.overlay.controls.poll()
-                for msg in self._newest_frames():
+                msgs = self._newest_frames()
+                worker.submit_many([(m.frame, m.epoch) for m in msgs])  # issue 17: one batch for all streams
+                for msg in msgs:
                     self._live_frame(worker, msg)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
                 self._live_ends(worker)
+                self.cards.tick()
                 if self.opt.max_frames is not None and self.tel.shown >= self.opt.max_frames:
                     self.exit_reason = f"max_frames={self.opt.max_frames}"
                     break
@@ -160,7 +186,9 @@ class Consumer:
         try:
             st, _ = self.tel.on_frame(frame, epoch)
             worker.submit(frame, epoch)
-            result = worker.latest(frame.stream_id)
+            # issue 17: wait up to overlay.wait_ms for this frame's own mask, else the newest one
+            result = worker.wait_for(frame.stream_id, frame.seq, epoch,
+                                     time.monotonic_ns() + int(self.opt.wait_ms * 1e6))
             if result is not None and result.epoch != epoch:
                 result = None  # a mask from before the producer restarted
             self._show(frame, epoch, result, st)
@@ -168,14 +196,17 @@ class Consumer:
             self._error(frame, exc)
 
     def _live_ends(self, worker: InferenceWorker) -> None:
-        """The live receiver reports end-of-stream in its stats, not as a message."""
+        """The live receiver reports end-of-stream and source-lost in its stats (``ended``,
+        ``lost``: a source-lost notice and no frame since), not as messages."""
         for sid, rs in list(self.rx.stats.streams.items()):
+            if getattr(rs, "lost", False):
+                self.signal.on_lost(sid, time.monotonic(), "the producer reported its source lost")
             if not rs.ended or rs.epoch is None or (sid, rs.epoch) in self._ends_seen:
                 continue
             self._ends_seen.add((sid, rs.epoch))
             self.tel.on_end(sid, rs.epoch, rs.last_seq or 0)
             worker.reset(sid)
-            log.info("stream %d: end of stream at seq %s", sid, rs.last_seq)
+            self.signal.on_end(sid, time.monotonic(), rs.last_seq)
 
     # ---- lossless
     def run_lossless(self) -> None:
@@ -188,6 +219,10 @@ class Consumer:
             msg = self.rx.recv(100)
             if self.rx.stats.messages != last_msgs:
                 last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
+            self.cards.tick()
+            if _is_source_lost(msg):  # not a seq of its own: nothing to ack
+                self.signal.on_lost(msg.stream_id, time.monotonic(), "the producer reported its source lost")
+                continue
             if msg is None:
                 if self._all_ended() or self._idle(last_activity):
                     break
@@ -196,7 +231,7 @@ class Consumer:
                 self.tel.on_end(msg.stream_id, msg.epoch, msg.seq)
                 self.inference.reset(msg.stream_id)
                 self.rx.ack_message(msg)
-                log.info("stream %d: end of stream at seq %d", msg.stream_id, msg.seq)
+                self.signal.on_end(msg.stream_id, time.monotonic(), msg.seq)
                 if self._all_ended():
                     break
                 continue
@@ -239,6 +274,7 @@ class Consumer:
         finally:
             if self.stop_requested and not self.exit_reason:
                 self.exit_reason = "stopped by signal"
+            self.cards.final()
             self.sinks.close()
             self.records.close()
         return self.summary()
@@ -257,14 +293,19 @@ class Consumer:
                                 else rs.total("received")),
             "frames_shown": tel.shown,
             "frames_processed": processed,
-            "frames_dropped": max(0, sent - processed),
+            # frames an earlier (killed) instance finished are not dropped
+            "frames_dropped": max(0, sent - processed - self.duplicates_skipped),
             "frames_paused": tel.paused,
             "malformed_messages": rs.malformed,
+            "rejected": dict(getattr(rs, "rejected", {})),  # malformed, by reason (docs/PROTOCOL.md)
+            "stale_discarded": getattr(rs, "stale_discarded", 0),  # replayed/older/resent seqs
             "duplicates_skipped": self.duplicates_skipped + getattr(rs, "duplicates", 0),
             "errors": self.errors + inf.errors,
             "latency_ms": percentiles(tel.latency_ms),
             "inference_ms": percentiles(inf.infer_ms),
             "mask_age_ms": percentiles(tel.mask_age_ms),
+            "same_frame": inf.same_frame.as_dict(),  # issue 17: frames shown with their own mask
+            "inference_batch": inf.batch_stats(),  # issue 17: frames per model call
             "fps": round((tel.shown - 1) / span, 2) if span > 0 else None,
             "dice_mean": None if tel.dice_mean is None else round(tel.dice_mean, 4),
             "dice_frames": tel.dice_n,
@@ -279,6 +320,7 @@ class Consumer:
                                    "last_seq": s.last_seq, "gaps": list(s.gaps)}
                         for sid, s in tel.streams.items()},
             "sink_errors": self.sinks.errors(),
+            "signal": self.cards.summary(),
             "elapsed_s": round(time.monotonic() - self._t_start, 2),
             "exit_reason": self.exit_reason,
         }
@@ -309,13 +351,41 @@ def _next_free(path: Path) -> Path:
     return path
 
 
+def _is_source_lost(msg: Any) -> bool:
+    """A ``SourceLost`` report (wire protocol): the producer's camera or stream stopped."""
+    return type(msg).__name__ == "SourceLost"
+
+
+def _bind_receiver(tcfg: dict[str, Any]) -> Any:
+    """Bind the transport; a taken or bad endpoint is a one-line :class:`StartupError`."""
+    import zmq
+
+    from endostream.protocol.transport import open_receiver, resolve_endpoint
+
+    try:
+        return open_receiver(tcfg)
+    except zmq.ZMQError as exc:
+        endpoint = resolve_endpoint(tcfg)
+        if exc.errno == zmq.EADDRINUSE:
+            raise endpoint_in_use(endpoint) from None
+        raise StartupError(f"cannot bind transport endpoint {endpoint}: {exc}; change it with "
+                           f"transport.endpoint=...") from None
+
+
+def _check_viewers_started(sink_specs: dict[str, Any], sinks: SinkStage) -> None:
+    started = {getattr(s, "name", "") for s in sinks.sinks}
+    for name, spec in viewer_specs(sink_specs).items():
+        if name not in started:  # make_sinks logged why (e.g. the port was taken meanwhile)
+            raise StartupError(f"viewer {name} on {spec.get('host')}:{spec.get('port')} did not "
+                               f"start (see the error above); change it with sink.{name}.port=...")
+
+
 def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consumer, Path, str | None]:
     """Build the consumer from the ``consume`` config. Returns (consumer, out, out_error)."""
     from omegaconf import OmegaConf
 
     from endostream.cli import config_dir
     from endostream.consumer.sinks import make_sinks
-    from endostream.protocol.transport import open_receiver
 
     mode = str(cfg.transport.mode)
     out = Path(str(cfg.out))
@@ -331,30 +401,40 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
     elif out_error:
         log.error("%s; continuing without records and summary file", out_error)
 
-    router = ModelRouter(modality_spec(cfg.modality),
-                         dict(OmegaConf.to_container(cfg.model, resolve=True) or {}), config_dir())
-    seg, _ = router.get(cfg.modality.name)  # load now, not on the first frame
-    steps = max(int(getattr(seg, "steps", 1)), int(getattr(seg, "warm_steps", 1)))
-
-    sink_specs = OmegaConf.to_container(cfg.sink, resolve=True) or {}
+    # Everything that can collide with another process is bound before the model loads (tens
+    # of seconds on a loaded machine): a taken endpoint or port fails at once, in one line.
+    receiver = _bind_receiver(tcfg)
+    sink_cfg = OmegaConf.select(cfg, "sink")  # absent with sink=[]: no sinks
+    sink_specs = (OmegaConf.to_container(sink_cfg, resolve=True) or {}) if sink_cfg is not None else {}
     if resume:  # never overwrite the video of the run we resume
         for spec in sink_specs.values():
             if isinstance(spec, dict) and spec.get("path") and Path(spec["path"]).exists():
                 spec["path"] = str(_next_free(Path(spec["path"])))
-    sinks = SinkStage(make_sinks(sink_specs))
+    sinks: SinkStage | None = None
+    try:
+        check_viewer_ports(sink_specs)
+        sinks = SinkStage(make_sinks(sink_specs))
+        _check_viewers_started(sink_specs, sinks)
+        router = ModelRouter(modality_spec(cfg.modality),
+                             dict(OmegaConf.to_container(cfg.model, resolve=True) or {}), config_dir())
+        seg, _ = router.get(cfg.modality.name)  # load now, not on the first frame
+    except BaseException:
+        receiver.close()
+        if sinks is not None:
+            sinks.close()
+        raise
+    steps = max(int(getattr(seg, "steps", 1)), int(getattr(seg, "warm_steps", 1)))
 
     control = cfg.get("control_file") or (None if out_error else str(out / "control.json"))
-    controls = Controls(show_mask=bool(cfg.overlay.show_mask), opacity=float(cfg.overlay.opacity),
-                        path=Path(control) if control else None)
-    overlay = OverlayStage(stale_ms=float(cfg.overlay.stale_ms), color=cfg.overlay.color,
-                           controls=controls)
+    overlay = OverlayStage.from_config(cfg.overlay, control)  # switches, staleness, no-model note
     records = Records(None if (out_error or not cfg.records) and mode == "live" else out,
                       append=resume, steps=steps, callback=on_record)
     journal = read_journal(out / "frames.csv") if resume else {}
-    receiver = open_receiver(tcfg)
     opts = ConsumerOptions(mode=mode, max_frames=cfg.max_frames,
                            idle_timeout_s=float(cfg.idle_timeout_s), min_streams=int(cfg.min_streams),
-                           stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""))
+                           stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""),
+                           wait_ms=float(cfg.overlay.get("wait_ms") or 0),  # issue 17
+                           no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,
                         infer_delay_ms=float(cfg.infer_delay_ms), journal=journal)
     log.info("consumer %s on %s, output %s%s", mode, receiver.endpoint, out,
@@ -372,6 +452,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"model: {s['backend']} steps={s['steps']} trained={s['trained']} "
         f"sha256={str(s['weights_sha256'])[:12]}   exit: {s['exit_reason']}",
     ]
+    if s.get("rejected") or s.get("stale_discarded"):
+        lines.append(f"rejected by reason: {s.get('rejected') or {}}   stale discarded "
+                     f"{s.get('stale_discarded', 0)}")
     if s.get("sink_errors"):
         lines.append(f"sink errors: {s['sink_errors']}")
     return "\n".join(lines)

@@ -104,6 +104,7 @@ function lost() {{
   $("cover-text").textContent = "no updates from the consumer" +
     (lastOk ? " since " + lastOk.toLocaleTimeString() : "") + " - the image is not live";
   $("cover").style.display = "flex"; $("video").classList.add("stale");
+  for (const id of ["fps", "lag", "mask", "age"]) $(id).textContent = "-";  // nothing is current
 }}
 async function poll() {{
   const ctl = new AbortController(), timer = setTimeout(() => ctl.abort(), 1500);
@@ -161,6 +162,7 @@ class MjpegViewer:
         self._t_frame: float | None = None  # monotonic time of the newest update()
         self._status: dict[str, Any] = {}
         self._placeholder: bytes | None = None
+        self.status_requests = 0  # /status.json answered (a page is polling)
         self._stopping = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -295,6 +297,7 @@ def _make_handler(viewer: MjpegViewer) -> type[BaseHTTPRequestHandler]:
                 query = f"?token={viewer.token}" if viewer.token else ""
                 self._send(200, "text/html; charset=utf-8", _INDEX.format(query=query).encode())
             elif parts.path == "/status.json":
+                viewer.status_requests += 1
                 self._send(200, "application/json", json.dumps(viewer.status()).encode())
             elif parts.path == "/frame.jpg":
                 _, jpeg = viewer._wait_jpeg(0, timeout_s=5.0)
