@@ -54,6 +54,7 @@ class Telemetry:
     def __init__(self) -> None:
         self.streams: dict[int, StreamInfo] = {}
         self.sent: dict[tuple[int, int], int] = {}  # (stream, epoch) -> highest seq + 1 seen
+        self.first: dict[tuple[int, int], int] = {}  # (stream, epoch) -> first seq seen (any start)
         self.shown = 0
         self.paused = 0
         self.latency_ms: deque[float] = deque(maxlen=100_000)
@@ -83,6 +84,7 @@ class Telemetry:
         st.last_seq, st.last_seen = max(st.last_seq, frame.seq), now
         key = (sid, epoch)
         self.sent[key] = max(self.sent.get(key, 0), frame.seq + 1)
+        self.first[key] = min(self.first.get(key, frame.seq), frame.seq)
         return st, new
 
     def on_end(self, stream_id: int, epoch: int, eos_seq: int) -> None:
@@ -128,7 +130,8 @@ class Telemetry:
 
     @property
     def frames_sent(self) -> int:
-        return sum(self.sent.values())
+        """Frames from the first seq seen to the highest (docs/PROTOCOL.md: any first seq)."""
+        return sum(n - self.first.get(k, 0) for k, n in self.sent.items())
 
 
 def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float] | None:
