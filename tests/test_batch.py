@@ -24,7 +24,9 @@ from endostream.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CLINICDB = ROOT.parent / "shared" / "data" / "cvc-clinicdb"
 CLIPS = {"a.mp4": 10, "b.mp4": 12, "c.mkv": 8}
-COMMON = ["model.backend=onnxruntime", "model.threads=1", "model.steps=2", "progress=false"]
+# Two uncertainty samples: detections.csv then carries a mean_uncertainty per frame.
+COMMON = ["model.backend=onnxruntime", "model.threads=1", "model.steps=2", "model.uncertainty_samples=2",
+          "progress=false"]
 
 
 def _frames(n: int, start: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -110,6 +112,7 @@ def test_outputs_per_clip(local_out, clips):
         assert float(rows[1]["timestamp_s"]) == pytest.approx(0.04)
         mask0 = cv2.imread(str(folder / "masks" / "s0_00000000.png"), cv2.IMREAD_GRAYSCALE)
         assert mask0.shape == (288, 384) and int(rows[0]["mask_area_px"]) == int((mask0 > 0).sum())
+        assert all(0.0 <= float(r["mean_uncertainty"]) <= 0.5 for r in rows)
         s = json.loads((folder / "summary.json").read_text())
         assert s["status"] == "done" and s["frames"] == n and s["errors"] == []
         assert s["steps"] == 2 and s["backend"] == "onnxruntime" and len(s["weights_sha256"]) == 64

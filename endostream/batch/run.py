@@ -23,7 +23,7 @@ from endostream.batch.video import VideoOptions
 
 # Model settings that change the masks; a finished video is re-done when one of them changes.
 _MASK_SETTINGS = ("steps", "warm_start", "warm_start_t", "warm_steps", "presence_threshold",
-                  "mask_threshold", "use_temporal")
+                  "mask_threshold", "use_temporal", "uncertainty_samples")
 
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import numpy as np
 from endostream.batch.inputs import VideoJob
 
 STREAM_ID = 0  # fixed per video: the segmenter seeds its noise from the stream id
-CSV_COLUMNS = ("frame", "timestamp_s", "presence", "gated", "x0", "y0", "x1", "y1", "mask_area_px")
+# mean_uncertainty: Prediction.mean_uncertainty, empty unless model.uncertainty_samples >= 2
+CSV_COLUMNS = ("frame", "timestamp_s", "presence", "gated", "x0", "y0", "x1", "y1", "mask_area_px", "mean_uncertainty")
 PROGRESS_EVERY_S = 0.5  # progress reports cross processes; a few per second is plenty
 
 
@@ -191,7 +192,8 @@ class BatchWorker:
                     present += not pred.gated
                     box = pred.box or ("", "", "", "")
                     rows.writerow([frame.seq, f"{frame.seq / fps:.4f}", f"{pred.presence:.6f}", int(pred.gated),
-                                   *box, pred.area_px])
+                                   *box, pred.area_px,
+                                   "" if pred.mean_uncertainty is None else f"{pred.mean_uncertainty:.5f}"])
                     counter.add(1)
             finally:
                 video.close()
