@@ -35,6 +35,41 @@ def test_gpu_check_fails_clearly_without_gpu(tmp_path) -> None:
     assert r.returncode == 2 and "no NVIDIA driver" in r.stderr
 
 
+def test_gpu_check_py_fails_in_one_line_without_cuda(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA GPU here")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "torch sees no CUDA GPU" in r.stderr
+
+
+def test_gpu_check_multistream_runs_through_the_live_worker_on_cpu() -> None:
+    """The multi-stream section on CPU with ONNX Runtime, two rounds: the real worker batches
+    the streams (batch = streams), and every stream's frames come back."""
+    import time
+
+    import gpu_check
+
+    assert gpu_check.worker_batching_available()
+    overrides = {"backend": "onnxruntime", "device": "cpu", "steps": 0, "threads": 1}
+    res = gpu_check.multistream(str(WEIGHTS), (1, 3), overrides, seconds=120, deadline=time.monotonic() + 900,
+                                rounds=2)
+    assert res["path"].startswith("live worker")
+    one, three = res["rows"]
+    assert one["frames"] == 2 and three["frames"] == 6 and three["errors"] == 0, res
+    assert three["batch"]["max"] == 3 and three["fps_all_streams"] > 0 and three["latency_p99_ms"] > 0
+
+
+def test_gpu_check_direct_batches_fallback_on_cpu() -> None:
+    """Without a batching worker, gpu_check times batched backend calls directly."""
+    import gpu_check
+
+    rows = gpu_check.direct_batches(str(WEIGHTS), {"name": "onnxruntime", "device": "cpu"}, (1, 2), iters=2)
+    assert [r["batch"] for r in rows] == [1, 2] and all(r["fps_all_streams"] > 0 for r in rows)
+
+
 def test_benchmark_pieces_run_on_cpu() -> None:
     from endostream.runtime.benchmark import _ratios, frame_fn, gpu_specs, ort_ceiling_gflops
 
