@@ -184,3 +184,16 @@ def test_mask_of_other_size_is_resized():
 def test_rejects_non_bgr():
     with pytest.raises(ValueError):
         draw_overlay(np.zeros((10, 10), np.uint8), None, hud=HudInfo(), opacity=0.4, show_mask=True)
+
+
+def test_research_label_moves_off_the_mask():
+    mask = np.zeros((288, 384), bool)
+    mask[180:, 200:] = True  # a finding in the bottom-right corner
+    pred = Prediction(prob=mask.astype(np.float32), mask=mask, presence=0.9, box=None)
+    out = draw_overlay(_image(), pred, hud=HudInfo(), opacity=1.0)
+    corner = out[-18:, -110:].reshape(-1, 3)
+    assert not (corner.max(axis=1) == 0).any()  # no dark text backing on the mask
+    assert (out[-18:, :120].max(axis=2) == 0).any()  # it went bottom left instead
+    # With the overlay off the tissue is not covered: the label stays in its corner.
+    off = draw_overlay(_image(), pred, hud=HudInfo(), show_mask=False)
+    assert (off[-18:, -110:].max(axis=2) == 0).any()

@@ -94,18 +94,24 @@ def _fit(text: str, max_w: int, scale: float, thick: int) -> tuple[str, float, i
     return text, s, w, h, base
 
 
-def _corner_text(img: np.ndarray, text: str, corner: str, row: int, scale: float, thick: int,
-                 color: tuple[int, int, int], max_w: int) -> tuple[int, int, int, int]:
-    """One line of text with a dark backing in a corner ("tl", "tr", "bl", "br"); ``row`` 0 is
-    the line nearest the corner. Returns the backing's (x0, y0, x1, y1)."""
-    height, width = img.shape[:2]
+def _corner_place(shape: tuple[int, ...], text: str, corner: str, row: int, scale: float, thick: int,
+                  max_w: int) -> tuple[str, float, tuple[int, int], tuple[int, int, int, int]]:
+    """Where one line goes in a corner ("tl", "tr", "bl", "br"; ``row`` 0 nearest the corner):
+    (fitted text, its scale, baseline origin, backing box (x0, y0, x1, y1))."""
+    height, width = shape[:2]
     text, s, w, h, base = _fit(text, max_w, scale, thick)
     line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 4
     x = 4 if corner[1] == "l" else width - w - 4
     y = 3 + h + row * line_h if corner[0] == "t" else height - 4 - base - row * line_h
-    box = (x - 2, y - h - 3, x + w + 2, y + base + 1)
+    return text, s, (x, y), (x - 2, y - h - 3, x + w + 2, y + base + 1)
+
+
+def _corner_text(img: np.ndarray, text: str, corner: str, row: int, scale: float, thick: int,
+                 color: tuple[int, int, int], max_w: int) -> tuple[int, int, int, int]:
+    """One line of text with a dark backing in a corner. Returns the backing's box."""
+    text, s, org, box = _corner_place(img.shape, text, corner, row, scale, thick, max_w)
     cv2.rectangle(img, box[:2], box[2:], (0, 0, 0), cv2.FILLED)
-    cv2.putText(img, text, (x, y), _FONT, s, color, thick, cv2.LINE_AA)
+    cv2.putText(img, text, org, _FONT, s, color, thick, cv2.LINE_AA)
     return box
 
 
@@ -205,6 +211,7 @@ def draw_overlay(
     line_h = int(cv2.getTextSize("Ag", _FONT, scale, thick)[0][1] * 1.9) + 4
     opacity = float(min(max(opacity, 0.0), 1.0))
 
+    shown_mask = None  # the drawn mask, kept clear of "RESEARCH USE ONLY"
     if prediction is not None and not hud.paused:
         mask = prediction.mask
         if mask.shape != (height, width):
@@ -213,6 +220,7 @@ def draw_overlay(
         rect = cv2.boundingRect(mask_u8)
         if rect[2] > 0 and rect[3] > 0:  # a finding: its mask has pixels
             if show_mask:
+                shown_mask = mask_u8
                 _blend_mask(out, mask_u8, opacity, color)
                 contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 cv2.drawContours(out, contours, -1, OUTLINE_BGR, thick, cv2.LINE_AA)
@@ -227,7 +235,7 @@ def draw_overlay(
                 _draw_label(out, _label_text(prediction.presence), (x, y, x + w, y + h), scale,
                             thick, line_h)
 
-    _draw_hud(out, hud, show_mask, prediction is not None, scale, thick)
+    _draw_hud(out, hud, show_mask, prediction is not None, scale, thick, shown_mask)
     return out
 
 
@@ -283,16 +291,29 @@ def hud_lines(hud: HudInfo, *, show_mask: bool = True, has_mask: bool = False
 
 
 def _draw_hud(out: np.ndarray, hud: HudInfo, show_mask: bool, has_mask: bool, scale: float,
-              thick: int) -> None:
+              thick: int, shown_mask: np.ndarray | None = None) -> None:
     """One line per corner (more rows only bottom left: notes and ground truth), each fitted to
-    half the width so it can neither wrap nor reach the other corner."""
+    half the width so it can neither wrap nor reach the other corner. "RESEARCH USE ONLY" goes
+    bottom right unless the shown mask is there; then to the first free spot of: above the
+    bottom-left lines, under the top-right line."""
     half = out.shape[1] // 2 - 16
     aging = bool(hud.stale_ms) and hud.mask_age_ms is not None and not hud.paused and not hud.no_model
-    for corner, rows in hud_lines(hud, show_mask=show_mask, has_mask=has_mask).items():
+    lines = hud_lines(hud, show_mask=show_mask, has_mask=has_mask)
+    ruo = lines.pop("br")
+    for corner, rows in lines.items():
         for i, (text, color) in enumerate(rows):
             x0, _, _, y1 = _corner_text(out, text, corner, i, scale, thick, color, half)
             if corner == "tl" and i == 0 and aging:
                 _staleness_bar(out, (x0, y1), hud.mask_age_ms / hud.stale_ms, color, scale, thick)
+    spots = [("br", 0), ("bl", len(lines["bl"])), ("tr", len(lines["tr"]))]
+    corner, row = spots[0]
+    if shown_mask is not None:
+        def covered(spot: tuple[str, int]) -> int:
+            x0, y0, x1, y1 = _corner_place(out.shape, ruo[0][0], *spot, scale, thick, half)[3]
+            return int(shown_mask[max(0, y0):max(0, y1), max(0, x0):max(0, x1)].sum())
+
+        corner, row = min(spots, key=lambda sp: (covered(sp) > 0, spots.index(sp)))
+    _corner_text(out, ruo[0][0], corner, row, scale, thick, ruo[0][1], half)
 
 
 def _staleness_bar(out: np.ndarray, origin: tuple[int, int], frac: float, color: tuple[int, int, int],
