@@ -188,3 +188,59 @@ def test_sink_configs_build(tmp_path):
         s.close()
     assert all(not s.disabled for s in sinks)
     assert len(decoded_frames(tmp_path / "o.mp4")) == 1
+
+
+def _killed_writer(out: Path, n: int, *, index: bool = True) -> int:
+    """A process writes ``n`` frames (t_capture_ns = seq) and is SIGKILLed before closing;
+    returns the durable_count it reported just before."""
+    script = textwrap.dedent(f"""
+        import time, numpy as np
+        from endostream.consumer.sinks import VideoSink
+        from endostream.types import Frame
+        sink = VideoSink({str(out)!r}, fps=25, keyframe_interval=5, index={index})
+        img = np.zeros((48, 64, 3), np.uint8)
+        for i in range({n}):
+            img[:] = (i * 7) % 256
+            sink.write(Frame(0, i, i, img), img, None)
+        print(sink.durable_count, flush=True)
+        time.sleep(60)  # killed here, never closed
+    """)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=repo)
+    try:
+        durable = int(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    return durable
+
+
+def test_video_sink_durable_count_is_what_a_kill_leaves(tmp_path):
+    """Every frame reported durable is in the file after SIGKILL (per-frame fragments)."""
+    out = tmp_path / "k.mp4"
+    durable = _killed_writer(out, 23)
+    assert durable == 22  # the last frame's fragment is written when the next frame comes
+    assert len(decoded_frames(out)) == durable
+    sink = VideoSink(str(tmp_path / "c.mp4"))
+    for i in range(5):
+        sink.write(*_frame(i), None)
+        assert sink.durable_count == i  # lags by one frame while open
+    sink.close()
+    assert sink.durable_count == 5 and len(decoded_frames(tmp_path / "c.mp4")) == 5
+
+
+def test_video_sink_resume_writes_every_frame_exactly_once(tmp_path):
+    """A killed writer, then a resumed one fed from an older seq (the frames a lossless
+    producer resends): the two files hold frames 0..29 exactly once, in order."""
+    first = tmp_path / "overlay.mp4"
+    durable = _killed_writer(first, 17)
+    sink = VideoSink(str(tmp_path / "overlay.1.mp4"), resume=True)
+    img = np.zeros((48, 64, 3), np.uint8)
+    for i in range(10, 30):  # resent from 10: 10..durable-1 are already in the first file
+        img[:] = (i * 7) % 256
+        sink.write(Frame(0, i, i, img), img, None)
+    assert sink.durable_count == 20 - 1 and sink.frames_skipped == durable - 10
+    sink.close()
+    frames = decoded_frames(first) + decoded_frames(tmp_path / "overlay.1.mp4")
+    assert len(frames) == 30
+    assert [int(f.mean()) for f in frames] == pytest.approx([(i * 7) % 256 for i in range(30)], abs=4)
