@@ -45,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class Consumer:
         self.exit_reason = ""
         self.stop_requested = False
         self._ends_seen: set[tuple[int, int]] = set()
+        self._pending: deque[tuple[Any, dict[str, Any] | None, list]] = deque()  # lossless: not yet durable
+        self._row: dict[str, Any] | None = None
         self.signal = SignalTracker(options.no_signal_after_ms)
         main = router.infos()[0] if router.infos() else {}
         self.cards = SignalCards(self.signal, sinks.sinks, self.tel, {
@@ -124,11 +127,34 @@ class Consumer:
         if frame.gt_mask is not None:
             d = dice(shown.prediction.mask if shown.prediction is not None else None, frame.gt_mask)
             self.tel.add_dice(d)
-        self.records.write("shown", {
+        self._record_shown({
             "stream_id": sid, "epoch": epoch, "seq": frame.seq, "t_capture_ns": frame.t_capture_ns,
             **frame.stamps_ns, "latency_ms": round(lat, 3), "mask_seq": shown.mask_seq,
             "mask_age_ms": None if shown.mask_age_ms is None else round(shown.mask_age_ms, 1),
             "paused": int(shown.paused), "dice": None if d is None else round(d, 4)})
+
+    def _record_shown(self, row: dict[str, Any]) -> None:
+        if self.opt.mode == "lossless":
+            self._row = row  # journalled once the sinks made the frame durable (_commit_durable)
+        else:
+            self.records.write("shown", row)
+
+    def _defer(self, msg: Any, row: dict[str, Any] | None) -> None:
+        """Lossless: journal and ack ``msg`` once every sink holds it durably (the video sink's
+        fragment is written when the next frame comes; others are durable when written)."""
+        marks = [(g, g.sink.frames_written) for g in self.sinks.sinks if hasattr(g.sink, "durable_count")]
+        self._pending.append((msg, row, marks))
+        self._commit_durable()
+
+    def _commit_durable(self, everything: bool = False) -> None:
+        while self._pending:
+            msg, row, marks = self._pending[0]
+            if not everything and any(not g.disabled and g.sink.durable_count < n for g, n in marks):
+                return
+            self._pending.popleft()
+            if row is not None:
+                self.records.write("shown", row)
+            self.rx.ack_message(msg)  # after the journal: finished means durably written
 
     def _idle(self, last_activity: float) -> bool:
         if time.monotonic() - last_activity > self.opt.idle_timeout_s:
@@ -200,7 +226,7 @@ class Consumer:
         ``lost``: a source-lost notice and no frame since), not as messages."""
         for sid, rs in list(self.rx.stats.streams.items()):
             if getattr(rs, "lost", False):
-                self.signal.on_lost(sid, time.monotonic(), "the producer reported its source lost")
+                self.signal.on_lost(sid, time.monotonic())
             if not rs.ended or rs.epoch is None or (sid, rs.epoch) in self._ends_seen:
                 continue
             self._ends_seen.add((sid, rs.epoch))
@@ -221,7 +247,7 @@ class Consumer:
                 last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
             self.cards.tick()
             if _is_source_lost(msg):  # not a seq of its own: nothing to ack
-                self.signal.on_lost(msg.stream_id, time.monotonic(), "the producer reported its source lost")
+                self.signal.on_lost(msg.stream_id, time.monotonic())
                 continue
             if msg is None:
                 if self._all_ended() or self._idle(last_activity):
@@ -230,7 +256,7 @@ class Consumer:
             if isinstance(msg, EndOfStream):
                 self.tel.on_end(msg.stream_id, msg.epoch, msg.seq)
                 self.inference.reset(msg.stream_id)
-                self.rx.ack_message(msg)
+                self._defer(msg, None)
                 self.signal.on_end(msg.stream_id, time.monotonic(), msg.seq)
                 if self._all_ended():
                     break
@@ -246,8 +272,9 @@ class Consumer:
         if frame.seq <= self.journal.get((frame.stream_id, epoch), -1):
             # Written by a previous run that was killed before its ack: ack, never rewrite.
             self.duplicates_skipped += 1
-            self.rx.ack_message(msg)
+            self._defer(msg, None)
             return
+        self._row = None
         try:
             result = self.inference.run(frame, epoch)
             if result is not None:
@@ -256,7 +283,7 @@ class Consumer:
             self._show(frame, epoch, result, st)
         except Exception as exc:  # noqa: BLE001
             self._error(frame, exc)
-        self.rx.ack_message(msg)  # after the sinks and the journal: finished means written
+        self._defer(msg, self._row)
 
     def _error(self, frame: Frame, exc: Exception) -> None:
         self.errors += 1
@@ -276,6 +303,7 @@ class Consumer:
                 self.exit_reason = "stopped by signal"
             self.cards.final()
             self.sinks.close()
+            self._commit_durable(everything=True)  # closed sinks hold every frame
             self.records.close()
         return self.summary()
 
@@ -304,7 +332,7 @@ class Consumer:
             "latency_ms": percentiles(tel.latency_ms),
             "inference_ms": percentiles(inf.infer_ms),
             "mask_age_ms": percentiles(tel.mask_age_ms),
-            "same_frame": inf.same_frame.as_dict(),  # issue 17: frames shown with their own mask
+            "same_frame": {"wait_ms": self.opt.wait_ms, **inf.same_frame.as_dict()},  # issue 17: own-mask frames
             "inference_batch": inf.batch_stats(),  # issue 17: frames per model call
             "fps": round((tel.shown - 1) / span, 2) if span > 0 else None,
             "dice_mean": None if tel.dice_mean is None else round(tel.dice_mean, 4),
@@ -410,6 +438,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
         for spec in sink_specs.values():
             if isinstance(spec, dict) and spec.get("path") and Path(spec["path"]).exists():
                 spec["path"] = str(_next_free(Path(spec["path"])))
+                if str(spec.get("_target_", "")).endswith("VideoSink"):
+                    spec["resume"] = True  # skip frames the killed run's files already hold
     sinks: SinkStage | None = None
     try:
         check_viewer_ports(sink_specs)

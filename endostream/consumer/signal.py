@@ -78,7 +78,8 @@ class SignalTracker:
                      (now - (st.last_frame_t or now)) * 1000)
         st.state, st.last_frame_t, st.lost_t, st.last_image, st.reason = LIVE, now, None, image, ""
 
-    def on_lost(self, stream_id: int, now: float, reason: str = "source lost") -> None:
+    def on_lost(self, stream_id: int, now: float,
+                reason: str = "the producer reported its source lost") -> None:
         """The producer reported that its source stopped delivering."""
         st = self.streams.setdefault(stream_id, StreamSignal())
         if st.state in (LIVE, WAITING):
