@@ -85,5 +85,6 @@ def test_options_a_backend_does_not_take() -> None:
     with pytest.raises(ValueError, match="takes no option cuda_graphs"):
         registry.create_backend("onnxruntime", WEIGHTS, cuda_graphs=True)
     if not registry.has_nvidia_gpu():  # auto picks ORT CPU here and drops torch's options
-        be = registry.create_backend("auto", WEIGHTS, threads=1, cuda_graphs=True, compile=False, max_batch=2)
+        be = registry.create_backend("auto", WEIGHTS, threads=1, cuda_graphs=True, compile=False, max_batch=2,
+                                     precision="bf16")
         assert be.name == "onnxruntime"

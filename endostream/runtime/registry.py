@@ -100,6 +100,8 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
     if name == "auto":
         name, device = auto_backend()
         options = {k: v for k, v in options.items() if k in OPTIONS[name]}
+        if name != "torch" and options.get("precision") not in (None, "fp32", "fp16"):
+            options.pop("precision")  # e.g. torch's bf16: the graph backends have fp32/fp16 only
     unknown = sorted(set(options) - OPTIONS.get(name, set(options)))
     if unknown:
         raise ValueError(f"backend {name} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(OPTIONS[name]))}")
