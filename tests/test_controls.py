@@ -144,5 +144,5 @@ def test_laparoscopy_says_there_is_no_polyp_model(tmp_path):
 def test_bad_config_value_is_one_clear_error():
     cfg = OmegaConf.load(CONFIG)
     cfg.opacity = 4
-    with pytest.raises(ControlError, match="'opacity' must be a number from 0 to 1, got 4"):
+    with pytest.raises(ControlError, match="overlay config: 'opacity' must be a number from 0 to 1, got 4 \\(a number\\)"):
         OverlayStage.from_config(cfg, None)

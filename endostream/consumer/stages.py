@@ -145,8 +145,11 @@ class OverlayStage:
     def from_config(cls, cfg: Any, control_path: Path | str | None) -> OverlayStage:
         """From the ``overlay`` config group (configs/overlay/*.yaml); the control file, when
         given, may change the switches at run time."""
-        controls = Controls(path=Path(control_path) if control_path else None,
-                            **parse_controls({k: cfg[k] for k in _CONTROL_KEYS if k in cfg}))
+        try:
+            switches = parse_controls({k: cfg[k] for k in _CONTROL_KEYS if k in cfg})
+        except ControlError as exc:
+            raise ControlError(f"overlay config: {str(exc).replace('a JSON ', 'a ')}") from None
+        controls = Controls(path=Path(control_path) if control_path else None, **switches)
         return cls(stale_ms=float(cfg.stale_ms), color=cfg.color, controls=controls,
                    uncertainty_threshold=float(cfg.get("uncertainty_threshold", 0.1)),
                    no_model_for=list(cfg.get("no_model_for") or ()))
