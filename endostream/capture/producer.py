@@ -3,14 +3,23 @@
 Live mode never blocks (a frame the socket refuses is dropped and counted); lossless mode
 waits while its window of unacknowledged frames is full, and at the end waits until the
 consumer acknowledged everything, end-of-stream included.
+
+End-of-stream is sent when the source really ended (a file's end, ``max_frames``) and on
+SIGINT/SIGTERM (a second signal quits at once); never when a network source drops: then the
+consumer is told ``source_lost`` (and, in live mode, the source reconnects).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import TextIO
 
 from endostream.protocol.transport import LiveSender, LosslessSender, open_sender
 from endostream.types import Frame
@@ -18,9 +27,98 @@ from endostream.types import Frame
 log = logging.getLogger(__name__)
 
 
+class StopRequested(BaseException):
+    """Raised out of a blocking source read when SIGINT/SIGTERM asks the producer to stop.
+    A BaseException so that no ``except Exception`` on the way swallows it."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM -> a graceful stop: ``requested`` names the signal, the send loop ends
+    and end-of-stream goes out. A read blocked in the source is interrupted (only there: a
+    half-sent frame would be worse than a short wait). A second signal quits at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._in_source = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def request(self, reason: str) -> None:
+        """Ask for a graceful stop from code (another thread, a test): the loop ends after
+        the frame being read; end-of-stream is sent."""
+        self.requested = self.requested or reason
+
+    def _handle(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested = name
+            log.info("%s: stopping; sending end-of-stream (%s again quits at once)", name, name)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt -> exit 130
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if self._in_source:
+                raise StopRequested(name)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """The block (a source read) may be interrupted by a stop request."""
+        if self.requested:
+            raise StopRequested(self.requested)
+        self._in_source = True
+        try:
+            yield
+        finally:
+            self._in_source = False
+
+
+class Progress:
+    """One status line (frames, fps, drops) rewritten at most once per ``interval_s``, only
+    when ``stream`` is a terminal. ``log_filter`` wipes it before a log line is printed."""
+
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 1.0,
+                 enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.interval_s = interval_s
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._last_t = time.monotonic()
+        self._last_n = 0
+        self._shown = False
+
+    def update(self, frames: int, drops: int, lost: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last_t < self.interval_s:
+            return
+        fps = (frames - self._last_n) / (now - self._last_t)
+        self._last_t, self._last_n = now, frames
+        state = "  SOURCE LOST, reconnecting" if lost else ""
+        self.stream.write(f"\rframes {frames}  {fps:.1f} fps  drops {drops}{state}\x1b[K")
+        self.stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+    def log_filter(self, _record: logging.LogRecord) -> bool:
+        self.clear()
+        return True
+
+
 def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *,
                  pace_fps: float | None = None, drain_timeout_s: float = 60.0,
-                 eos_wait_s: float = 5.0) -> dict:
+                 eos_wait_s: float = 5.0, stream_ids: Iterable[int] = (),
+                 stop: StopSignals | None = None, progress: Progress | None = None) -> dict:
     """Send every frame, then end each stream. Returns counts and rates.
 
     ``pace_fps``: sleep to this rate (for sources that are not paced themselves); frames
@@ -29,21 +127,54 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     for the consumer before TimeoutError.
     ``eos_wait_s``: live: how long end-of-stream is retried while the send queue is full (a
     slow consumer of large frames); then it is given up with a warning.
+    ``stream_ids``: streams that get end-of-stream even if none of their frames was sent
+    (a network source stopped before its first frame).
+    ``stop``: a stop request ends the loop early; end-of-stream is still sent.
+    A source that fails (``SourceError``) is reported to the consumer as lost, not ended.
     """
+    from endostream.capture.sources import FrameSource, SourceError
+
     lossless = isinstance(sender, LosslessSender)
-    streams: set[int] = set()
+    streams: set[int] = set(stream_ids)
+    source_stats = getattr(frames, "stats", None)
+    if isinstance(frames, FrameSource):  # a lost live source: tell the consumer, not "ended"
+        frames.on_lost = _lost_notice(frames, sender, frames.on_lost)
+        streams.add(frames.stream_id)
+    it = iter(frames)
     t0 = time.monotonic()
     n = 0
-    for n, frame in enumerate(frames, start=1):
-        if pace_fps:
-            delay = t0 + (n - 1) / pace_fps - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        streams.add(frame.stream_id)
-        if lossless:
-            sender.send(frame, timeout_s=drain_timeout_s)
-        else:
-            sender.send(frame)
+    try:
+        while stop is None or not stop.requested:
+            try:
+                with stop.interruptible() if stop is not None else nullcontext():
+                    frame = next(it)
+            except (StopIteration, StopRequested):
+                break
+            n += 1
+            if pace_fps:
+                delay = t0 + (n - 1) / pace_fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            streams.add(frame.stream_id)
+            if lossless:
+                sender.send(frame, timeout_s=drain_timeout_s)
+            else:
+                sender.send(frame)
+            if progress is not None:
+                drops = sender.stats.refused + (source_stats.dropped if source_stats else 0)
+                progress.update(n, drops, lost=bool(source_stats and source_stats.lost))
+    except SourceError:
+        if lossless:  # what was captured still reaches the consumer
+            sender.flush(timeout_s=drain_timeout_s)
+        for sid in sorted(streams):
+            sender.source_lost(sid)
+        raise
+    finally:
+        if progress is not None:
+            progress.clear()
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # a network source's reader stops now, not at its read timeout
     for sid in sorted(streams):
         if lossless:
             if not sender.end_stream(sid, timeout_s=drain_timeout_s):
@@ -54,10 +185,32 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
                         "the consumer will stop on its idle timeout", sid, eos_wait_s)
     seconds = time.monotonic() - t0
     st = sender.stats
-    return {"frames": n, "frames_sent": n if lossless else st.sent,
-            "frames_refused": st.refused, "frames_resent": st.resent,
-            "seconds": round(seconds, 3), "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
-            "epoch": sender.epoch}
+    summary = {"frames": n, "frames_sent": n if lossless else st.sent,
+               "frames_refused": st.refused, "frames_resent": st.resent,
+               "seconds": round(seconds, 3), "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
+               "epoch": sender.epoch, "peer_accepted": not getattr(sender, "never_accepted", False)}
+    if source_stats is not None:
+        summary.update(source_dropped=source_stats.dropped, source_losses=source_stats.losses,
+                       source_reconnects=source_stats.reconnects)
+    if stop is not None and stop.requested:
+        summary["stopped_by"] = stop.requested
+    if n and not summary["peer_accepted"]:
+        log.warning("no consumer %s any of the %d frames (is `endostream consume` running at "
+                    "that endpoint, with the same security settings?)",
+                    "acknowledged" if lossless else "received", n)
+    return summary
+
+
+def _lost_notice(source, sender: LiveSender | LosslessSender,
+                 then: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``source.on_lost``: send ``source_lost`` for the source's stream, then call ``then``."""
+
+    def on_lost(reason: str) -> None:
+        sender.source_lost(source.stream_id)
+        if then is not None:
+            then(reason)
+
+    return on_lost
 
 
 def _source_kwargs(cfg) -> dict:
@@ -74,6 +227,11 @@ def _source_kwargs(cfg) -> dict:
     for key in ("loop", "stream_id", "modality", "max_frames"):
         if cfg.get(key) is not None:
             kw[key] = cfg[key]
+    if kw.get("reconnect") is None and cfg.transport.mode != "live":
+        kw["reconnect"] = False  # lossless: a reconnected live stream has a gap anyway; fail loudly
+    if not isinstance(kw.get("options") or {}, dict):
+        raise ValueError(f"source.options={kw['options']!r}; expected a mapping, e.g. "
+                         "'source.options={rtsp_transport: udp}'")
     return kw
 
 
@@ -85,11 +243,17 @@ def run(cfg) -> int:
     OmegaConf.set_readonly(cfg, False)
     from endostream.capture.sources import open_source
 
-    frames = open_source(**_source_kwargs(cfg))  # a missing/corrupt file fails here, one line
-    with open_sender(cfg.transport, codec=cfg.codec, jpeg_quality=int(cfg.jpeg_quality),
-                     send_mask=bool(cfg.send_gt)) as sender:
-        summary = run_producer(frames, sender,
-                               drain_timeout_s=float(cfg.transport.lossless.drain_timeout_s))
+    kw = _source_kwargs(cfg)
+    progress = Progress()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(progress.log_filter)
+    with StopSignals() as stop:
+        frames = open_source(**kw)  # a missing/corrupt file fails here, one line
+        with open_sender(cfg.transport, codec=cfg.codec, jpeg_quality=int(cfg.jpeg_quality),
+                         send_mask=bool(cfg.send_gt)) as sender:
+            summary = run_producer(frames, sender, stop=stop,
+                                   progress=progress,
+                                   drain_timeout_s=float(cfg.transport.lossless.drain_timeout_s))
     summary["mode"] = cfg.transport.mode
     print(json.dumps(summary))
     return 0
