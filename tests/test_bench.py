@@ -142,7 +142,9 @@ def test_pipeline_report_has_required_keys_plots_and_csv(pipeline_run):
     for key in ("frames_sent", "frames_processed", "frames_dropped", "fps", "end_to_end", "stages",
                 "weights_sha256", "backend", "steps", "machine", "clock", "trend"):
         assert key in r, key
-    assert r["frames_sent"] == 50 and r["frames_processed"] > 0 and r["fps"] > 0
+    # live: a producer whose send queue is full (a consumer slowed by a loaded machine) refuses
+    # frames, so "sent" may fall short of the 50 requested
+    assert 0 < r["frames_sent"] <= 50 and r["frames_processed"] > 0 and r["fps"] > 0
     assert all(r["end_to_end"][k] is not None for k in REQUIRED)
     for name in ("encode", "send", "receive", "decode", "overlay", "sink"):
         assert all(r["stages"][name][k] is not None for k in REQUIRED), name
@@ -154,7 +156,9 @@ def test_pipeline_report_has_required_keys_plots_and_csv(pipeline_run):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
     rows = list(csv.DictReader(open(out / "frames.csv")))
     assert rows and {"end_to_end_ms", "sink_ms", "grab_ns", "sink_ns", "warmup"} <= set(rows[0])
-    assert (out / "summary.md").read_text().startswith("# endostream bench")
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# endostream bench") and "| **mask path**" in md
+    assert r["mask_end_to_end"]["count"] > 0 and r["model_stages"]["until shown"]["count"] > 0
 
 
 def test_stage_medians_add_up_to_end_to_end(pipeline_run):

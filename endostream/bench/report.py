@@ -258,7 +258,8 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
         ax.set_ylabel("fraction of frames")
         ax.set_title("Per stage (solid: display path, dashed: mask path)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if k:
+            ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "latency_cdf.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
