@@ -197,3 +197,13 @@ def test_research_label_moves_off_the_mask():
     # With the overlay off the tissue is not covered: the label stays in its corner.
     off = draw_overlay(_image(), pred, hud=HudInfo(), show_mask=False)
     assert (off[-18:, -110:].max(axis=2) == 0).any()
+
+
+def test_label_says_how_old_an_aging_mask_is():
+    band = (slice(78, 97), slice(140, 384))  # the label row above the finding
+    amber = lambda o: int(np.all(np.abs(o[band].astype(int) - (0, 200, 255)) < 40, axis=2).sum())  # noqa: E731
+    fresh = draw_overlay(_image(), _pred(), hud=HudInfo(mask_age_ms=50, stale_ms=500))
+    aging = draw_overlay(_image(), _pred(), hud=HudInfo(mask_age_ms=300, latency_ms=10, stale_ms=500))
+    assert amber(fresh) == 0 and amber(aging) > 20
+    wide = lambda o: int(np.nonzero((o[band] != GREY).any(axis=2))[1].max())  # noqa: E731
+    assert wide(aging) > wide(fresh) + 40  # ", 310 ms old" added

@@ -10,7 +10,8 @@ What a clinician sees, chosen by looking at ClinicDB frames and the demo clip:
   it stays readable; a box only on request, and never without its mask (a box over an empty
   mask points at nothing the model segmented);
 - a short label ("polyp 97%") beside the finding, which stays when the overlay is switched off
-  (``show_labels``), so the tissue is clear but the finding is still marked;
+  (``show_labels``), so the tissue is clear but the finding is still marked; past half the
+  stale limit it also says how old the mask is ("polyp 97%, 288 ms old"), amber, then red;
 - the HUD as one line per corner, in plain words, where an endoscope image has its unused black
   corners: top left the AI's state ("AI lag 46 ms" with a bar that grows with the mask's age,
   "AI paused", "no polyp model for laparoscopy"), top right the video ("24 fps, video lag 6 ms"),
@@ -151,13 +152,18 @@ def _hatch_band(out: np.ndarray, uncertainty: np.ndarray, threshold: float, thic
     roi[sel.view(bool)] = UNCERTAIN_BGR
 
 
-def _label_text(presence: float) -> str:
-    # A model score, not a calibrated certainty: never print "100%".
-    return f"polyp {min(99, int(round(presence * 100)))}%"
+def _label(presence: float, hud: HudInfo) -> tuple[str, tuple[int, int, int]]:
+    """The finding's label and colour. A model score, not a calibrated certainty: never "100%".
+    Past half the stale limit the label says how old the mask is, in amber, right where the
+    clinician looks (the corner bar says it too)."""
+    text = f"polyp {min(99, int(round(presence * 100)))}%"
+    if hud.stale_ms and hud.mask_age_ms is not None and hud.mask_age_ms >= 0.5 * hud.stale_ms:
+        return f"{text}, {_ai_lag(hud):.0f} ms old", _age_color(hud.mask_age_ms / hud.stale_ms)
+    return text, LABEL_BGR
 
 
-def _draw_label(out: np.ndarray, text: str, rect: tuple[int, int, int, int], scale: float,
-                thick: int, keep_out_h: int) -> None:
+def _draw_label(out: np.ndarray, text: str, color: tuple[int, int, int], rect: tuple[int, int, int, int],
+                scale: float, thick: int, keep_out_h: int) -> None:
     """``text`` just above the finding's rectangle (below it when the top HUD row is there)."""
     height, width = out.shape[:2]
     (w, h), base = cv2.getTextSize(text, _FONT, scale, thick)
@@ -167,7 +173,7 @@ def _draw_label(out: np.ndarray, text: str, rect: tuple[int, int, int, int], sca
     if y - h < keep_out_h:
         y = y1 + h + 4 if y1 + h + base + 4 < height - keep_out_h else max(y0 + h + 4, keep_out_h + h)
     cv2.rectangle(out, (x - 2, y - h - 3), (x + w + 2, y + base + 1), (0, 0, 0), cv2.FILLED)
-    cv2.putText(out, text, (x, y), _FONT, scale, LABEL_BGR, thick, cv2.LINE_AA)
+    cv2.putText(out, text, (x, y), _FONT, scale, color, thick, cv2.LINE_AA)
 
 
 def _age_color(frac: float) -> tuple[int, int, int]:
@@ -239,7 +245,7 @@ def draw_overlay(
                     cv2.rectangle(out, (x - m, y - m), (x + w - 1 + m, y + h - 1 + m), BOX_BGR, thick)
             if show_labels:
                 x, y, w, h = rect
-                _draw_label(out, _label_text(prediction.presence), (x, y, x + w, y + h), scale,
+                _draw_label(out, *_label(prediction.presence, hud), (x, y, x + w, y + h), scale,
                             thick, line_h)
 
     _draw_hud(out, hud, show_mask, prediction is not None, scale, thick, shown_mask)
