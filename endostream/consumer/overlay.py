@@ -147,7 +147,8 @@ def _hatch_band(out: np.ndarray, uncertainty: np.ndarray, threshold: float, thic
     x, y, w, h = cv2.boundingRect(band)
     if w == 0 or h == 0:
         return
-    sel = cv2.bitwise_and(band[y:y + h, x:x + w], _stripes(height, width, 4 * thick + 2, max(1, thick))[y:y + h, x:x + w])
+    stripes = _stripes(height, width, 4 * thick + 2, max(1, thick))
+    sel = cv2.bitwise_and(band[y:y + h, x:x + w], stripes[y:y + h, x:x + w])
     roi = out[y:y + h, x:x + w]
     roi[sel.view(bool)] = UNCERTAIN_BGR
 
