@@ -89,13 +89,17 @@ class Progress:
         self.stream = stream or sys.stderr
         self.interval_s = interval_s
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._last_t = time.monotonic()
+        self._last_t: float | None = None  # the first update starts the clock
         self._last_n = 0
         self._shown = False
 
     def update(self, frames: int, drops: int, lost: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or now - self._last_t < self.interval_s:
+        if not self.enabled:
+            return
+        if self._last_t is None:
+            self._last_t, self._last_n = now, frames
+        if now - self._last_t < self.interval_s:
             return
         fps = (frames - self._last_n) / (now - self._last_t)
         self._last_t, self._last_n = now, frames
@@ -194,10 +198,7 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
                        source_reconnects=source_stats.reconnects)
     if stop is not None and stop.requested:
         summary["stopped_by"] = stop.requested
-    if n and not summary["peer_accepted"]:
-        log.warning("no consumer %s any of the %d frames (is `endostream consume` running at "
-                    "that endpoint, with the same security settings?)",
-                    "acknowledged" if lossless else "received", n)
+    # No warning here when no peer accepted anything: the sender logs it as it closes.
     return summary
 
 
