@@ -48,7 +48,8 @@ def test_live_slow_consumer_drops_frames_but_shows_every_received_one(tmp_path, 
     # how many of the 60 the receiver gets depends on machine load; all it got must be shown
     assert len(shown_seqs) == s["frames_shown"] == s["frames_received"] > 20
     assert shown_seqs == sorted(set(shown_seqs))
-    assert count_video_frames(out / "overlay.mp4") == s["frames_shown"]
+    # plus NO SIGNAL cards, should the feed have stalled over no_signal_after_ms on a loaded machine
+    assert count_video_frames(out / "overlay.mp4") == s["frames_shown"] + s["signal"]["video_cards"]
     assert s["frames_sent"] == 60 and s["exit_reason"] == "end of stream"
     assert s["frames_processed"] == len(seqs) and s["frames_dropped"] == 60 - len(seqs)
 
@@ -173,7 +174,7 @@ def test_control_file_switches_overlay_and_opacity(tmp_path):
     path = tmp_path / "control.json"
     c = Controls(path=path, poll_s=0.0)
     c.poll()
-    assert (c.show_mask, c.opacity) == (True, 0.4)
+    assert (c.show_mask, c.opacity) == (True, 0.15)  # the overlay default (configs/overlay)
     path.write_text(json.dumps({"show_mask": False, "opacity": 0.8}))
     c.poll()
     assert (c.show_mask, c.opacity) == (False, 0.8)
