@@ -232,7 +232,7 @@ def _source_kwargs(cfg) -> dict:
         kw["reconnect"] = False  # lossless: a reconnected live stream has a gap anyway; fail loudly
     if not isinstance(kw.get("options") or {}, dict):
         raise ValueError(f"source.options={kw['options']!r}; expected a mapping, e.g. "
-                         "'source.options={rtsp_transport: udp}'")
+                         "+source.options.rtsp_transport=udp")
     return kw
 
 
