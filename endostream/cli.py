@@ -66,7 +66,8 @@ HELP: dict[str, tuple[str, list[str]]] = {
                 "(overlay video, browser viewer, mask PNGs...)",
                 ["endostream consume sink=[video,viewer]      # viewer on http://127.0.0.1:8090/",
                  "endostream consume transport.mode=lossless out=out/run1 sink=[video,masks]",
-                 "endostream consume sink=[viewer] sink.viewer.port=8091 transport.endpoint=tcp://127.0.0.1:5565"]),
+                 "endostream consume sink=[viewer] sink.viewer.port=8091 "
+                 "transport.endpoint=tcp://127.0.0.1:5565"]),
     "keys": ("create or list CURVE key pairs; allow a producer's public key on the consumer",
              ["endostream keys action=create name=server dir=keys",
               "endostream keys action=allow path=keys/client.key dir=keys"]),

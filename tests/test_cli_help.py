@@ -31,7 +31,8 @@ def test_help_for_every_command(command, capsys):
 def test_consume_help_lists_groups_and_the_override_keys(capsys):
     assert main(["consume", "--help", "sink=[viewer]"]) == 0  # --help wins over overrides
     text = capsys.readouterr().out
-    assert "sink=[video]   a list: any of masks, none, republish, video, viewer, window; sink=[] for none" in text
+    assert ("sink=[video]   a list: any of masks, none, republish, video, viewer, window; "
+            "sink=[] for none") in text
     assert "sink.viewer.port: 8090" in text and "transport.endpoint: null" in text
     assert "no_signal_after_ms: 1000" in text and "NO SIGNAL card" in text
     assert "model.threads: null" in text and "int, or auto" in text  # comment on the same line

@@ -309,12 +309,17 @@ class SignalCards:
     def status(self, now: float) -> dict[str, Any]:
         """The dict the viewer serves as ``/status.json`` (plus ``t_last_frame``)."""
         state = self.tracker.state
+
+        def current(value: float | None) -> float | None:
+            return None if state != LIVE or value is None else round(value, 1)
+
         times = [st.last_frame_t for st in self.tracker.streams.values() if st.last_frame_t]
         return {
             "state": state,
-            "fps": None if state != LIVE or self._fps is None else round(self._fps, 1),
-            "latency_ms": None if self._latency_ms is None else round(self._latency_ms, 1),
-            "mask_age_ms": None if self._mask_age_ms is None else round(self._mask_age_ms, 1),
+            # Figures of the newest frame; none while no frame is current (they would read live).
+            "fps": current(self._fps),
+            "latency_ms": current(self._latency_ms),
+            "mask_age_ms": current(self._mask_age_ms),
             "frames_shown": int(self.tel.shown),
             "t_last_frame": max(times) if times else None,
             "no_signal_after_ms": self.tracker.after_s * 1000.0,
