@@ -72,7 +72,62 @@ def _summarize_runs(runs: list[RunResult], live: bool) -> dict[str, Any]:
     shown = None if first.frames_shown is None else sum(r.frames_shown or 0 for r in runs)
     a.update(frames_sent=sent, frames_processed=processed, frames_dropped=max(0, sent - processed),
              frames_shown=shown)
+    if first.end == "sink":  # the pipeline: per stream, and the consumer's batching and waiting
+        a.update(streams=_per_stream(runs, live), inference_batch=_merge_batches(runs),
+                 same_frame=_merge_same_frame(runs))
     return a
+
+
+def _per_stream(runs: list[RunResult], live: bool) -> dict[str, dict[str, Any]]:
+    """Stream id -> frames sent, shown and processed (all frames) and, warm-up excluded, the
+    mask's capture -> shown latency (lossless: the frame's own, its end to end), the model's
+    frames per second on the stream, and the share of frames shown with their own mask."""
+    first = runs[0]
+    sids = sorted({int(r["stream_id"]) for run in runs for r in run.records}
+                  | {int(s) for run in runs for s in run.info.get("sent_per_stream", {})})
+    out: dict[str, dict[str, Any]] = {}
+    for sid in sids:
+        recs = [r for run in runs for r in run.records if r["stream_id"] == sid]
+        mrecs = [r for run in runs for r in run.model_records if r["stream_id"] == sid]
+        kept = [r for r in recs if not r["warmup"]]
+        a = analyze(kept, end=first.end, warmup=0, model_records=[r for r in mrecs if not r["warmup"]],
+                    live=live)
+        mask = a.get("mask_end_to_end") if live else a["end_to_end"]
+        own = [r for r in kept if r["extra"].get("mask_seq") not in (None, "")]
+        out[str(sid)] = {
+            "frames_sent": sum(int(run.info.get("sent_per_stream", {}).get(sid, 0)) for run in runs),
+            "frames_shown": len(recs),
+            "frames_processed": len(mrecs) if live else len(recs),
+            "mask_end_to_end": {k: (mask or {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+            "end_to_end": {k: a["end_to_end"].get(k) for k in ("p50_ms", "p99_ms")},
+            "model_fps": a.get("model_fps") if live else a.get("fps"),
+            "same_frame_rate": (round(sum(int(r["extra"]["mask_seq"]) == r["seq"] for r in own) / len(kept), 4)
+                                if kept else None),
+        }
+    return out
+
+
+def _merge_batches(runs: list[RunResult]) -> dict[str, Any]:
+    """Frames per model call over the runs' consumers: {mean, max, calls}."""
+    parts = [(run.info.get("consumer_summary") or {}).get("inference_batch") or {} for run in runs]
+    calls = sum(int(p.get("calls") or 0) for p in parts)
+    total = sum(float(p.get("mean") or 0) * int(p.get("calls") or 0) for p in parts)
+    return {"mean": round(total / calls, 3) if calls else None,
+            "max": max((p["max"] for p in parts if p.get("max") is not None), default=None), "calls": calls}
+
+
+def _merge_same_frame(runs: list[RunResult]) -> dict[str, Any]:
+    """Live display path over the runs: frames shown with their own mask (``overlay.wait_ms``)."""
+    parts = [(run.info.get("consumer_summary") or {}).get("same_frame") or {} for run in runs]
+    frames = sum(int(p.get("frames") or 0) for p in parts)
+    met = sum(int(p.get("met") or 0) for p in parts)
+    waited = sum(float(p.get("mean_wait_ms") or 0) * int(p.get("frames") or 0) for p in parts)
+    return {"wait_ms": next((p.get("wait_ms") for p in parts if p), None), "frames": frames, "met": met,
+            "missed": frames - met,
+            "met_rate": round(met / frames, 4) if frames else None,
+            "mean_wait_ms": round(waited / frames, 3) if frames else None,
+            "max_wait_ms": max((float(p["max_wait_ms"]) for p in parts if p.get("max_wait_ms") is not None),
+                               default=None)}
 
 
 def _clock(cfg: Any) -> dict[str, Any]:
@@ -132,7 +187,8 @@ def _report(cfg: Any, name: str, runs: list[RunResult],
                                       "frames_shown", "fps")},
            "end_to_end": summary["end_to_end"], "end_boundary": first.end,
            "stages": summary["stages"],
-           **{k: summary[k] for k in ("model_stages", "mask_end_to_end", "model_fps") if k in summary},
+           **{k: summary[k] for k in ("model_stages", "mask_end_to_end", "model_fps", "inference_batch",
+                                      "same_frame", "streams") if k in summary},
            "trend": summary["trend"],
            "no_backlog_growth": (summary["trend"] or {}).get("no_backlog_growth"),
            "consistency": summary["consistency"],
@@ -225,10 +281,14 @@ def _order_index(boundary: str) -> tuple[int, int]:
 
 
 def _ratios(v: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
-    """variant / baseline for end-to-end p50, p99 and fps (lower latency ratio = faster)."""
+    """variant / baseline for end-to-end p50, p99, fps and (live pipeline) the model's frames
+    per second over all streams and the mask's p99 (lower latency ratio = faster)."""
     def ratio(x: float | None, y: float | None) -> float | None:
         return round(x / y, 3) if x is not None and y else None
 
     return {"p50": ratio(v["end_to_end"]["p50_ms"], b["end_to_end"]["p50_ms"]),
             "p99": ratio(v["end_to_end"]["p99_ms"], b["end_to_end"]["p99_ms"]),
-            "fps": ratio(v["fps"], b["fps"])}
+            "fps": ratio(v["fps"], b["fps"]),
+            "model_fps": ratio(v.get("model_fps"), b.get("model_fps")),
+            "mask_p99": ratio((v.get("mask_end_to_end") or {}).get("p99_ms"),
+                              (b.get("mask_end_to_end") or {}).get("p99_ms"))}

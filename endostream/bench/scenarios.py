@@ -25,7 +25,7 @@ from typing import Any
 
 # Keys of the consumer's flat record rows that are stage stamps (everything else is metadata).
 _NOT_STAMPS = {"stream_id", "epoch", "seq", "newest_seq", "t_capture_ns", "latency_ms", "mask_seq",
-               "mask_age_ms", "paused", "dice", "presence", "gated"}
+               "mask_age_ms", "paused", "dice", "presence", "gated", "batch"}
 
 
 @dataclass
@@ -54,7 +54,7 @@ def free_endpoint() -> str:
 
 def _row_to_record(row: dict[str, Any]) -> dict[str, Any]:
     stamps = {k: int(v) for k, v in row.items() if k not in _NOT_STAMPS and v not in (None, "")}
-    extra = {k: row[k] for k in ("mask_seq", "mask_age_ms", "paused", "presence") if k in row}
+    extra = {k: row[k] for k in ("mask_seq", "mask_age_ms", "paused", "presence", "batch") if k in row}
     return {"stream_id": int(row["stream_id"]), "seq": int(row["seq"]),
             "t_capture_ns": int(row["t_capture_ns"]), "stamps_ns": stamps, "extra": extra}
 
@@ -227,6 +227,8 @@ def _consume_cfg(cfg: Any, tb: dict[str, Any], work: Path, modality: str) -> Any
     c.log_level = "WARNING"
     for k, v in OmegaConf.to_container(cfg.model, resolve=True).items():
         c.model[k] = v
+    if cfg.get("wait_ms") is not None:
+        c.overlay.wait_ms = float(cfg.wait_ms)
     for spec in c.sink.values():  # file sinks write into the scratch folder
         if isinstance(spec, dict) or OmegaConf.is_dict(spec):
             for key in ("path", "folder"):
@@ -262,7 +264,8 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
             summary = consumer.run()
         finally:
             consumer.rx.close()
-        sent = sum(r["frames_sent"] for r in prods.join())
+        reports = prods.join()
+        sent = sum(r["frames_sent"] for r in reports)
     finally:
         if not cfg.keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -270,7 +273,9 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     info = {k: summary.get(k) for k in ("weights_sha256", "backend", "steps", "trained")}
     info.update(consumer_summary={k: summary.get(k) for k in
                                   ("frames_sent", "frames_received", "frames_shown", "frames_processed",
-                                   "frames_dropped", "frames_paused", "errors", "exit_reason", "fps")})
+                                   "frames_dropped", "frames_paused", "errors", "exit_reason", "fps",
+                                   "same_frame", "inference_batch")},
+                sent_per_stream={int(r["stream_id"]): int(r["frames_sent"]) for r in reports})
     return RunResult("pipeline" if int(cfg.producers) == 1 else "multi", mode, "sink", shown, sent,
                      int(summary["frames_processed"]), frames_shown=int(summary["frames_shown"]),
                      model_records=inferred if mode == "live" else [], info=info)

@@ -132,16 +132,22 @@ class SameFrameStats:
     """Live display path: how often a frame was shown with its own mask. The display waits for
     it up to ``overlay.wait_ms`` and otherwise shows the newest mask (the deadline missed)."""
 
-    wait_ms: float = 0.0
     frames: int = 0  # frames the display path asked a mask for
     met: int = 0  # ... and got the frame's own mask by the deadline
     waited_ms: float = 0.0  # total time the display path spent waiting
+    max_wait_ms: float = 0.0
+
+    def add(self, met: bool, waited_ms: float) -> None:
+        self.frames += 1
+        self.met += bool(met)
+        self.waited_ms += waited_ms
+        self.max_wait_ms = max(self.max_wait_ms, waited_ms)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wait_ms": self.wait_ms, "frames": self.frames, "met": self.met,
-                "missed": self.frames - self.met,
+        return {"frames": self.frames, "met": self.met, "missed": self.frames - self.met,
                 "met_rate": round(self.met / self.frames, 4) if self.frames else None,
-                "mean_wait_ms": round(self.waited_ms / self.frames, 3) if self.frames else None}
+                "mean_wait_ms": round(self.waited_ms / self.frames, 3) if self.frames else None,
+                "max_wait_ms": round(self.max_wait_ms, 3)}
 
 
 class Inference:
@@ -314,10 +320,8 @@ class InferenceWorker:
                     break
                 self._cv.wait(left_ns / 1e9)
             result = self._latest.get(stream_id)
-            stats = self.inference.same_frame
-            stats.frames += 1
-            stats.met += result is not None and result.seq == seq and result.epoch == epoch
-            stats.waited_ms += (time.monotonic_ns() - t0) / 1e6
+            self.inference.same_frame.add(result is not None and result.seq == seq and result.epoch == epoch,
+                                          (time.monotonic_ns() - t0) / 1e6)
         return result
 
     def _finished(self, stream_id: int, seq: int, epoch: int) -> bool:
