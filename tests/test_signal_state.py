@@ -116,6 +116,40 @@ def test_kill_and_restart_producer_status_cards_page_and_recording(tmp_path, pro
     assert count_video_frames(out / "overlay.mp4") == sm["frames_shown"] + sig["video_cards"]
 
 
+def test_source_lost_report_is_no_signal_at_once(tmp_path, procs):
+    """The producer says its camera stopped (wire kind source-lost): the consumer shows NO
+    SIGNAL without waiting for no_signal_after_ms (here 30 s), and live again on the next frame."""
+    from endostream.protocol.transport import LiveSender
+    from endostream.types import Frame
+
+    ep, port = free_endpoint(), _free_port()
+    con = procs(cli("consume", f"transport.endpoint={ep}", f"out={tmp_path / 'out'}", "sink=[viewer]",
+                    f"sink.viewer.port={port}", "no_signal_after_ms=30000", "idle_timeout_s=60",
+                    "model.threads=1", "log_level=INFO"), tmp_path / "consume.log")
+    wait_consumer_ready(con)
+    img = np.full((96, 128, 3), 90, np.uint8)
+    seq = 0
+    with LiveSender(ep) as tx:
+        def send_until(state: str) -> None:
+            nonlocal seq
+            deadline = time.monotonic() + 60
+            while _status(port)["state"] != state:
+                assert time.monotonic() < deadline, f"not {state}: {_status(port)}"
+                tx.send(Frame(0, seq, time.monotonic_ns(), img))
+                seq += 1
+                time.sleep(0.04)
+
+        send_until(LIVE)  # PUB/SUB: frames until the subscription has landed
+        assert tx.source_lost(0)
+        t0 = time.monotonic()
+        _wait_state(port, NO_SIGNAL, 10)
+        assert time.monotonic() - t0 < 5.0
+        send_until(LIVE)
+    log = con.text()
+    assert "stream 0: NO SIGNAL (the producer reported its source lost)" in log, log[-2000:]
+    assert "stream 0: signal back after" in log
+
+
 def test_end_of_stream_is_ended(tmp_path, procs, clip_dir):
     """A producer that finishes: the consumer logs the end in one line and stops; its summary
     says ended and the video holds exactly the frames shown (no cards without a gap)."""

@@ -286,7 +286,7 @@ class SignalCards:
                 self.losses += 1
             if st.state in (NO_SIGNAL, ENDED) and sid in self.shown:
                 self._card(sid, st, now, changed=before.get(sid) != st.state)
-        if not self.tracker.streams and now >= self._next_waiting_t:
+        if self.display and not self.tracker.streams and now >= self._next_waiting_t:
             self._next_waiting_t = now + self.WAITING_EVERY_S
             self._write(self.display, None, draw_card(WAITING))
         if now >= self._next_status_t or self.tracker.state != self._state:
@@ -333,6 +333,8 @@ class SignalCards:
     def _push_status(self, now: float) -> None:
         self._next_status_t = now + self.STATUS_EVERY_S
         self._state = self.tracker.state
+        if not self.status_sinks:
+            return
         status = self.status(now)
         for sink in self.status_sinks:
             try:
