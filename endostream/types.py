@@ -45,6 +45,7 @@ class Prediction:
     gated: bool = False
     stages_ns: dict[str, int] = field(default_factory=dict)
     uncertainty: np.ndarray | None = None
+    held_back: bool = False  # the live consumer's persistence filter hides a not-yet-confirmed detection
 
     @property
     def mean_uncertainty(self) -> float | None:

@@ -45,3 +45,37 @@ def test_stream_filters_keep_streams_apart_and_validate() -> None:
     assert off.update(0, True) is True
     with pytest.raises(ValueError, match="n <= m"):
         StreamFilters(n=4, m=3)
+
+
+def test_live_inference_holds_back_an_unconfirmed_detection() -> None:
+    """Wired into the consumer's inference stage with the shipped weights on a real polyp frame:
+    the first n-1 detections of a stream are hidden (held back), the n-th is shown, and a new
+    stream (or producer epoch) starts unconfirmed again."""
+    import time
+    from pathlib import Path
+
+    import cv2
+    from omegaconf import OmegaConf
+
+    from endostream.cli import config_dir
+    from endostream.consumer.worker import Inference, ModelRouter, modality_spec
+    from endostream.types import Frame
+
+    root = Path(__file__).resolve().parents[1]
+    path = root.parent / "shared" / "data" / "cvc-clinicdb" / "images" / "1.png"
+    if not path.is_file():
+        pytest.skip(f"real data not found at {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    spec = modality_spec(OmegaConf.load(config_dir() / "modality" / "colonoscopy.yaml"))
+    router = ModelRouter(spec, {"weights": str(root / "weights" / "polyp.pt"), "backend": "onnxruntime",
+                                "threads": 1}, config_dir())
+    inf = Inference(router, filters=StreamFilters(n=3, m=5, hold=2))
+    results = [inf.run(Frame(stream_id=0, seq=i, t_capture_ns=time.monotonic_ns(), image=img), epoch=1)
+               for i in range(4)]
+    assert all(r is not None and r.prediction.presence > 0.5 for r in results)  # the model sees the polyp
+    shown = [bool(r.prediction.mask.any()) for r in results]
+    held = [r.prediction.held_back for r in results]
+    assert shown == [False, False, True, True] and held == [True, True, False, False]
+    assert results[0].prediction.box is None
+    again = inf.run(Frame(stream_id=0, seq=0, t_capture_ns=time.monotonic_ns(), image=img), epoch=2)
+    assert again is not None and again.prediction.held_back  # a restarted producer confirms again

@@ -36,11 +36,9 @@ ROWS = [
     ("K=2 cold, no temporal memory", dict(steps=2, warm_start=False, use_temporal=False)),
     ("K=0, no presence gate", dict(steps=0, warm_start=False, presence_threshold=0.0)),
     ("K=2 cold, no presence gate", dict(steps=2, warm_start=False, presence_threshold=0.0)),
-    # The same weights at larger inputs (every layer is size-agnostic; trained at 256): does
-    # resolution recover small polyps, and what does it cost?
-    ("K=0 at input 320", dict(steps=0, warm_start=False, input_size=320)),
-    ("K=0 at input 384", dict(steps=0, warm_start=False, input_size=384)),
 ]
+# The same weights at other input sizes (every layer is size-agnostic): does resolution recover
+# small polyps, and what does it cost? Sizes from --sizes (the trained size is row 0).
 
 
 def main() -> None:
@@ -51,10 +49,12 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default="out/ablation")
     ap.add_argument("--only", nargs="*", help="row numbers to run (default: all)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[320, 384], help="K=0 rows at these input sizes")
     args = ap.parse_args()
     items = load_eval_items(load_splits(args.data, val_only=True).val)
     rows = []
-    rows_to_run = [ROWS[int(i)] for i in args.only] if args.only else ROWS
+    all_rows = ROWS + [(f"K=0 at input {n}", dict(steps=0, warm_start=False, input_size=n)) for n in args.sizes]
+    rows_to_run = [all_rows[int(i)] for i in args.only] if args.only else all_rows
     tmp_dir = tempfile.TemporaryDirectory(prefix="ablation_")  # resized weights + their graphs
     tmp = Path(tmp_dir.name)
     for name, kw in rows_to_run:

@@ -52,6 +52,7 @@ from typing import Any
 
 from endostream.consumer.worker import (Inference, InferenceWorker, MaskResult, ModalitySpec,
                                            ModelRouter, modality_spec)
+from endostream.consumer.persistence import StreamFilters
 from endostream.consumer.stages import Controls, OverlayStage, Shown, SinkStage
 from endostream.consumer.ports import StartupError, check_viewer_ports, endpoint_in_use, viewer_specs
 from endostream.consumer.signal import SignalCards, SignalTracker
@@ -85,12 +86,12 @@ class Consumer:
 
     def __init__(self, receiver: Any, router: ModelRouter, overlay: OverlayStage, sinks: SinkStage,
                  records: Records, options: ConsumerOptions, *, infer_delay_ms: float = 0.0,
-                 journal: dict[tuple[int, int], int] | None = None) -> None:
+                 journal: dict[tuple[int, int], int] | None = None, filters: StreamFilters | None = None) -> None:
         self.rx, self.router, self.overlay, self.sinks = receiver, router, overlay, sinks
         self.records, self.opt = records, options
         self.tel = Telemetry()
         self.inference = Inference(router, delay_ms=infer_delay_ms,
-                                   record=lambda row: records.write("inference", row))
+                                   record=lambda row: records.write("inference", row), filters=filters)
         self.journal = journal or {}
         self.duplicates_skipped = 0
         self.superseded = 0  # live: delivered by the receiver, then replaced by a newer frame
@@ -466,7 +467,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
                            wait_ms=float(cfg.overlay.get("wait_ms") or 0),  # issue 17
                            no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,
-                        infer_delay_ms=float(cfg.infer_delay_ms), journal=journal)
+                        infer_delay_ms=float(cfg.infer_delay_ms), journal=journal,
+                        filters=StreamFilters(**dict(cfg.overlay.get("persistence") or {"enabled": False})))
     log.info("consumer %s on %s, output %s%s", mode, receiver.endpoint, out,
              " (resuming)" if resume else "")
     return consumer, out, out_error

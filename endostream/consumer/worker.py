@@ -9,12 +9,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from endostream.consumer.persistence import StreamFilters
 from endostream.types import Frame, Prediction
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,10 @@ class Inference:
     producer epoch changes. Not thread-safe: one caller (the worker, or the lossless loop)."""
 
     def __init__(self, router: ModelRouter, *, delay_ms: float = 0.0,
-                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 record: Callable[[dict[str, Any]], None] | None = None,
+                 filters: StreamFilters | None = None) -> None:
         self.router, self.delay_s, self.record = router, delay_ms / 1000.0, record
+        self.filters = filters  # persistence filter per stream (consumer/persistence.py); None: off
         self.processed: dict[tuple[int, int], int] = {}  # (stream, epoch) -> frames processed
         self.infer_ms: deque[float] = deque(maxlen=100_000)
         self.batches: deque[int] = deque(maxlen=100_000)  # frames per model call
@@ -235,6 +238,10 @@ class Inference:
         sid = frame.stream_id
         key = (sid, epoch)
         self.processed[key] = self.processed.get(key, 0) + 1
+        if self.filters is not None:  # hide a detection until it persists (the mask is never invented)
+            found = bool(pred.mask.any())
+            if not self.filters.update(sid, found) and found:
+                pred = replace(pred, mask=np.zeros_like(pred.mask), box=None, held_back=True)
         self.infer_ms.append((t1 - t0) / 1e6)
         if self.record is not None:
             self.record({"stream_id": sid, "epoch": epoch, "seq": frame.seq,
@@ -250,6 +257,8 @@ class Inference:
         if self._epoch.get(sid) != epoch:  # new stream or restarted producer: fresh memory
             if sid in self._epoch:
                 self.router.reset(sid)
+            if self.filters is not None:
+                self.filters.reset(sid)
             self._epoch[sid] = epoch
 
     def _error(self, frame: Frame, exc: Exception) -> None:
