@@ -348,7 +348,8 @@ class _VideoReader:
         """``(image, gt_mask, pts_s)`` per decoded frame; ``pts_s`` in seconds or None."""
         import av
 
-        container, self._container = (self._container or self._open()), None
+        container = self._container if self._container is not None else self._open()
+        self._container = None
         stream = container.streams.video[0]
         # Files: frame + slice threads keep up with 1080p60. Live: slice threads only, since
         # frame threads hold back (threads - 1) frames: latency, and lost when the stream drops.
