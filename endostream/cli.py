@@ -103,19 +103,24 @@ def config_problems(command: str, overrides: list[str], cfg) -> list[str]:
     from endostream import config_help as ch
 
     problems = []
-    types = ch.known_types(config_dir())
-    comments = ch.comments_by_key(config_dir(), command)
-    for item in overrides:
+    dotted = [o for o in overrides if "=" in o]
+    types = ch.known_types(config_dir()) if dotted else {}
+    comments: dict[str, str] = {}
+
+    def comment(key: str) -> str:  # read only when there is something to explain
+        if not comments:
+            comments.update(ch.comments_by_key(config_dir(), command))
+        return comments.get(key, "")
+
+    for item in dotted:
         key = item.split("=", 1)[0].lstrip("+~")
-        if "=" not in item or key not in types:
-            continue
-        err = ch.type_error(key, OmegaConf.select(cfg, key, throw_on_missing=False), types[key],
-                            comments.get(key, ""))
-        if err:
-            problems.append(err)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False) if key in types else None
+        if value is not None and ch.type_error(key, value, types[key], "") is not None:
+            err = ch.type_error(key, value, types[key], comment(key))
+            if err:
+                problems.append(err)
     for key in sorted(OmegaConf.missing_keys(cfg)):
-        comment = comments.get(key, "")
-        problems.append(f"missing value: {key}=..." + (f" ({comment})" if comment else ""))
+        problems.append(f"missing value: {key}=..." + (f" ({comment(key)})" if comment(key) else ""))
     return problems
 
 

@@ -14,6 +14,12 @@ from typing import Any
 
 import yaml
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, every command pays it
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+
 
 @dataclass
 class KeyDoc:
@@ -99,7 +105,7 @@ def read_yaml_docs(path: Path) -> tuple[str, list[KeyDoc]]:
 
 def defaults_of(path: Path) -> list[tuple[str, Any]]:
     """The ``defaults`` list of a top-level config: [(group, option or [options])]."""
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _load(path.read_text()) or {}
     out = []
     for item in data.get("defaults") or []:
         if isinstance(item, dict):
@@ -200,7 +206,7 @@ def known_types(config_dir: Path) -> dict[str, set[type]]:
 
     for path in config_dir.rglob("*.yaml"):
         try:
-            data = yaml.safe_load(path.read_text())
+            data = _load(path.read_text())
         except yaml.YAMLError:
             continue
         if isinstance(data, dict):
