@@ -86,7 +86,7 @@ def test_pacing_follows_native_rate(tmp_path):
     write_clip(clip, n=11, fps=50)
     frames = list(open_source(str(clip), pace=True))
     span_s = (frames[-1].t_capture_ns - frames[0].t_capture_ns) / 1e9
-    assert 0.18 <= span_s < 0.5, span_s  # 10 gaps at 20 ms = 0.2 s; loose for a busy machine
+    assert 0.18 <= span_s < 1.0, span_s  # 10 gaps at 20 ms = 0.2 s; loose for a busy machine
     unpaced = list(open_source(str(clip)))
     assert len(unpaced) == 11
 
@@ -176,12 +176,12 @@ def test_absurd_frame_size_is_refused(tmp_path):
 def test_pacing_does_not_drift_after_a_slow_consumer(tmp_path):
     """A late frame is not slept for, and later frames keep the original schedule."""
     clip = tmp_path / "clip.mp4"
-    write_clip(clip, n=11, fps=25)
+    write_clip(clip, n=21, fps=25)
     it = open_source(str(clip), pace=True)
     first = next(it)
-    time.sleep(0.6)  # consumer stalls for 15 frame periods
+    time.sleep(1.5)  # consumer stalls for 37 frame periods
     rest = list(it)
     span_s = (rest[-1].t_capture_ns - first.t_capture_ns) / 1e9
-    # No drift: 0.6 s + decoding the 10 overdue frames at once; drift: >= 0.6 + 10 * 0.04 s.
-    # The margin is wide because decoding on the loaded 2-core CI machine takes up to 30 ms.
-    assert span_s < 0.95, span_s
+    # No drift: 1.5 s + decoding the 20 overdue frames at once; drift: >= 1.5 + 20 * 0.04 s.
+    # The margin is wide: decoding on the loaded 2-core machine took up to 40 ms a frame.
+    assert span_s < 2.25, span_s

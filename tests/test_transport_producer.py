@@ -33,7 +33,7 @@ def test_produce_cli_lossless_delivers_every_frame_with_gt():
              "stream_id=4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         seqs, with_gt = [], 0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             m = rx.recv(100)
             if m is None:
@@ -44,7 +44,7 @@ def test_produce_cli_lossless_delivers_every_frame_with_gt():
             seqs.append(m.seq)
             with_gt += m.frame.gt_mask is not None
             assert m.stream_id == 4 and m.codec == "jpeg"
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=240)  # Python's start-up alone took 30 s under load
     assert proc.returncode == 0, err
     assert seqs == list(range(25)) and with_gt == 25
     assert '"frames_sent": 25' in out
@@ -52,7 +52,7 @@ def test_produce_cli_lossless_delivers_every_frame_with_gt():
 
 def test_produce_cli_missing_file_is_one_line_error():
     r = subprocess.run([*CLI, "produce", "source.uri=/no/such/clip.mp4"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "no/such/clip.mp4" in r.stderr
 
