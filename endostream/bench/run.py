@@ -72,6 +72,13 @@ def _summarize_runs(runs: list[RunResult], live: bool) -> dict[str, Any]:
     shown = None if first.frames_shown is None else sum(r.frames_shown or 0 for r in runs)
     a.update(frames_sent=sent, frames_processed=processed, frames_dropped=max(0, sent - processed),
              frames_shown=shown)
+    if len(runs) > 1:  # rates within each run, averaged: the time between rounds carries no frames
+        per = [analyze([r for r in run.records if not r["warmup"]], end=first.end, warmup=0,
+                       model_records=[r for r in run.model_records if not r["warmup"]], live=live) for run in runs]
+        for key in ("fps", "model_fps"):
+            rates = [p[key] for p in per if p.get(key) is not None]
+            if key in a or rates:
+                a[key] = round(sum(rates) / len(rates), 2) if rates else None
     if first.end == "sink":  # the pipeline: per stream, and the consumer's batching and waiting
         a.update(streams=_per_stream(runs, live), inference_batch=_merge_batches(runs),
                  same_frame=_merge_same_frame(runs))
