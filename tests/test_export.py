@@ -14,6 +14,9 @@ from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCOD
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "polyp.pt"
+# The shipped network's input size and its stride-4 grid (shapes below follow the weights).
+S = json.loads((ROOT / "weights" / "polyp.json").read_text())["config"]["input_size"]
+G = S // 4
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +52,16 @@ def test_batch_dimension_is_dynamic(exported) -> None:
     out, side = exported
     sess = ort.InferenceSession(str(out / side["onnx"]["denoise"]["file"]), providers=["CPUExecutionProvider"])
     for b in (1, 3):
-        r = sess.run(None, {"feat": np.zeros((b, 24, 64, 64), np.float32),
-                            "noisy_mask": np.zeros((b, 1, 64, 64), np.float32), "t": np.full((b,), 499, np.float32)})
-        assert r[0].shape == (b, 1, 64, 64)
+        r = sess.run(None, {"feat": np.zeros((b, 24, G, G), np.float32),
+                            "noisy_mask": np.zeros((b, 1, G, G), np.float32), "t": np.full((b,), 499, np.float32)})
+        assert r[0].shape == (b, 1, G, G)
 
 
 def test_sidecar_and_reproducibility(exported, tmp_path) -> None:
     from endostream.runtime.export import export_onnx
 
     out, side = exported
-    assert side["config"]["input_size"] == 256 and side["opset"] == 17
+    assert side["config"]["input_size"] == S and side["opset"] == 17
     assert json.loads(graph_paths(WEIGHTS, out)["sidecar"].read_text())["sha256"] == side["sha256"]
     assert check_artifacts(WEIGHTS, out_dir=out)[0] is not None
     again = export_onnx(WEIGHTS, tmp_path)
@@ -149,14 +152,14 @@ def test_fp16_graphs_run_in_onnxruntime_cpu_close_to_fp32(exported_fp16) -> None
     b16 = OrtBackend(paths16["encode"], paths16["denoise"], side16["config"], threads=1, sidecar=side16)
     img = cv2.imread("/work/shared/data/cvc-clinicdb/images/1.png")
     assert img is not None, "ClinicDB frame 1 missing (see /work/shared/data/README)"
-    x = to_input(img, 256, find_fov(img))
-    mem = np.zeros((1, 2, 64, 16, 16), np.float32)
+    x = to_input(img, S, find_fov(img))
+    mem = np.zeros((1, 2, 64, S // 16, S // 16), np.float32)
     valid = np.zeros((1, 2), np.float32)
     e32, e16 = b32.encode(x, mem, valid), b16.encode(x, mem, valid)
     assert all(e16[k].dtype == np.float32 and e16[k].shape == e32[k].shape for k in e32)
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
     assert np.abs(sig(e16["aux_logits"]) - sig(e32["aux_logits"])).max() < 2e-2
-    noise = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal((1, 1, G, G)).astype(np.float32)
     for t in (999.0, 499.0):
         d32 = b32.denoise(e32["feat"], noise, np.array([t], np.float32))
         d16 = b16.denoise(e16["feat"], noise, np.array([t], np.float32))

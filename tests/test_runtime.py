@@ -47,9 +47,10 @@ def test_stale_graphs_are_reexported_into_cache(tmp_path, monkeypatch) -> None:
     (w.parent / "polyp.json").write_text('{"sha256": "0"}')  # a stale sidecar
     monkeypatch.setenv("ENDOSTREAM_CACHE", str(tmp_path / "cache"))
     be = registry.create_backend("onnxruntime", w, threads=1)
-    out = be.encode(np.zeros((1, 3, 256, 256), np.float32), np.zeros((1, 2, 64, 16, 16), np.float32),
+    n = int(be.config["input_size"])
+    out = be.encode(np.zeros((1, 3, n, n), np.float32), np.zeros((1, 2, 64, n // 16, n // 16), np.float32),
                     np.zeros((1, 2), np.float32))
-    assert out["feat"].shape == (1, 24, 64, 64)  # denoiser_hidden: the per-frame conditioning
+    assert out["feat"].shape == (1, 24, n // 4, n // 4)  # denoiser_hidden: the per-frame conditioning
     assert registry.check_artifacts(w)[0] is not None  # now current, beside the weights
 
 
@@ -104,6 +105,7 @@ def test_backends_expose_the_interface() -> None:
         assert be.name.startswith(name)
         for key in ("input_size", "memory_frames", "neck_channels", "num_train_steps", "mask_scale"):
             assert key in be.config
-        logits = be.denoise(be.from_numpy(np.zeros((1, 24, 64, 64), np.float32)),
-                            be.from_numpy(np.zeros((1, 1, 64, 64), np.float32)), np.array([999.0], np.float32))
-        assert be.to_numpy(logits).shape == (1, 1, 64, 64)
+        g = int(be.config["input_size"]) // 4
+        logits = be.denoise(be.from_numpy(np.zeros((1, 24, g, g), np.float32)),
+                            be.from_numpy(np.zeros((1, 1, g, g), np.float32)), np.array([999.0], np.float32))
+        assert be.to_numpy(logits).shape == (1, 1, g, g)

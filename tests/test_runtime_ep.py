@@ -41,9 +41,10 @@ def test_the_installed_onnxruntime_gives_cpu_here() -> None:
             registry.create_backend("onnxruntime", WEIGHTS, device="gpu")
     be = registry.create_backend("onnxruntime", WEIGHTS, threads=1, max_batch=4)
     assert be.providers == [CPU_EP] and be.name == "onnxruntime"
-    out = be.encode(np.zeros((3, 3, 256, 256), np.float32), np.zeros((3, 2, 64, 16, 16), np.float32),
+    n = int(be.config["input_size"])
+    out = be.encode(np.zeros((3, 3, n, n), np.float32), np.zeros((3, 2, 64, n // 16, n // 16), np.float32),
                     np.zeros((3, 2), np.float32))
-    assert out["feat"].shape == (3, 24, 64, 64)
+    assert out["feat"].shape == (3, 24, n // 4, n // 4)
 
 
 def test_provider_options_give_the_tensorrt_ep_a_batch_profile_and_a_versioned_cache() -> None:

@@ -23,8 +23,9 @@ def test_gpu_check_sequence_agrees_across_cpu_backends() -> None:
     ort_be = registry.create_backend("onnxruntime", WEIGHTS, threads=1)
     inputs = gpu_check.model_inputs(torch_be.config, frames=3)
     a, b = gpu_check.sequence(torch_be, inputs), gpu_check.sequence(ort_be, inputs)
-    assert len(a) == 3 and a[0].shape == (1, 1, 64, 64)
-    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b)) < 1e-4
+    g = int(torch_be.config["input_size"]) // 4
+    assert len(a) == 3 and a[0].shape == (1, 1, g, g)
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b)) < 5e-4  # float32 rounding over a deep encoder
 
 
 def test_gpu_check_fails_clearly_without_gpu(tmp_path) -> None:
@@ -74,7 +75,8 @@ def test_benchmark_pieces_run_on_cpu() -> None:
     from endostream.runtime.benchmark import _ratios, frame_fn, gpu_specs, ort_ceiling_gflops
 
     be = registry.create_backend("onnxruntime", WEIGHTS, threads=1)
-    assert frame_fn(be, 2, 2)().shape == (2, 1, 64, 64)
+    g = int(be.config["input_size"]) // 4
+    assert frame_fn(be, 2, 2)().shape == (2, 1, g, g)
     assert ort_ceiling_gflops(1, n=128, iters=2) > 0
     rows = [{"backend": "torch", "steps": 2, "input_size": 256, "p50_ms": 10.0},
             {"backend": "onnxruntime", "steps": 2, "input_size": 256, "p50_ms": 5.0}]

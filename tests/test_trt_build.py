@@ -26,6 +26,9 @@ from endostream.runtime.artifacts import check_artifacts, graph_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "polyp.pt"
+# The shipped network's input size and its stride-4 grid (shapes below follow the weights).
+S = json.loads((ROOT / "weights" / "polyp.json").read_text())["config"]["input_size"]
+G = S // 4
 
 # BuilderFlag values as in the TensorRT 10 and 11 headers (11 dropped the weak-typing flags).
 FLAGS_10 = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5,
@@ -249,9 +252,9 @@ def test_trt10_fp16_reads_the_fp32_graph_and_sets_the_builder_flag(graphs, tmp_p
     assert trt_backend.graph_precision(trt, "fp16") == "fp32"
     plan = _build(trt, graphs, "fp16", tmp_path)
     assert not plan["strongly_typed"] and "FP16" in plan["flags"] and plan["fp16_kernels"]
-    assert plan["io"]["image"] == [[-1, 3, 256, 256], "FLOAT"]
-    assert plan["profile"]["image"] == [[1, 3, 256, 256], [4, 3, 256, 256], [8, 3, 256, 256]]
-    assert plan["profile"]["memory"][2] == [8, 2, 64, 16, 16] and plan["profile"]["valid"][0] == [1, 2]
+    assert plan["io"]["image"] == [[-1, 3, S, S], "FLOAT"]
+    assert plan["profile"]["image"] == [[1, 3, S, S], [4, 3, S, S], [8, 3, S, S]]
+    assert plan["profile"]["memory"][2] == [8, 2, 64, S // 16, S // 16] and plan["profile"]["valid"][0] == [1, 2]
 
 
 def test_trt11_fp16_is_strongly_typed_from_the_fp16_graph(graphs, tmp_path) -> None:
@@ -271,7 +274,7 @@ def test_fp32_clears_tf32_on_both_versions(graphs, tmp_path) -> None:
         assert trt_backend.graph_precision(trt, "fp32") == "fp32"
         plan = _build(trt, graphs, "fp32", tmp_path / version, "denoise", max_batch=1, opt=1)
         assert "TF32" not in plan["flags"] and not plan["fp16_kernels"], version
-        assert plan["profile"]["feat"] == [[1, 24, 64, 64]] * 3
+        assert plan["profile"]["feat"] == [[1, 24, G, G]] * 3
 
 
 def test_the_fakes_refuse_what_each_version_lacks(graphs, tmp_path) -> None:
