@@ -269,9 +269,8 @@ def test_rtsp_streams_over_tcp_and_udp_transport(tmp_path, transport):
     ``options={rtsp_transport: ...}``; asking for the other one is refused, said so."""
     cam = RtspCamera(tmp_path, transport, frames=250)
     try:
-        other = "udp" if transport == "tcp" else "tcp"
-        with pytest.raises(SourceError, match="refused the transport"):
-            open_source(cam.url, options={"rtsp_transport": other}, open_timeout_s=30)
+        # The transport the server offers first: on a loaded machine, GStreamer's server answered
+        # the session after a refused one with a 5XX now and then (seen once in a full-suite run).
         frames = open_source(cam.url, options={"rtsp_transport": transport}, open_timeout_s=30,
                              max_frames=40)
         assert frames.live
@@ -280,6 +279,9 @@ def test_rtsp_streams_over_tcp_and_udp_transport(tmp_path, transport):
             w = Watcher(rx)
             w.until(lambda: w.ended or "error" in result, 120, "40 frames and end-of-stream")
             t.join(30)
+        other = "udp" if transport == "tcp" else "tcp"
+        with pytest.raises(SourceError, match="refused the transport"):
+            open_source(cam.url, options={"rtsp_transport": other}, open_timeout_s=30)
     finally:
         cam.close()
     assert "error" not in result, result.get("error")

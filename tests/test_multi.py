@@ -75,9 +75,10 @@ def test_one_stream_ends_while_the_other_goes_on(tmp_path) -> None:
     assert s["exit_reason"] == "end of stream" and s["errors"] == 0, json.dumps(s)[:3000]
     assert s["streams"]["0"]["ended"] and s["streams"]["1"]["ended"]
     shown, inferred = rows["shown"], rows["inference"]
-    end0 = max(int(r["sink"]) for r in shown if r["stream_id"] == 0)
+    # Live mode shows a frame before its mask is done, so stream 0's last inference may start
+    # after its last shown frame: measure "after stream 0 stopped" from its last inference.
+    end0 = max(int(r["infer_start"]) for r in inferred if r["stream_id"] == 0)
     later = [r for r in inferred if r["stream_id"] == 1 and int(r["infer_start"]) > end0]
-    assert len(later) >= 2, "stream 1 was not segmented after stream 0 ended"
-    assert all(r["stream_id"] == 1 for r in inferred if int(r["infer_start"]) > end0)
+    assert len(later) >= 2, "stream 1 was not segmented after stream 0 stopped"
     assert len([r for r in shown if r["stream_id"] == 1]) > 2 * len([r for r in shown if r["stream_id"] == 0])
     assert s["inference_batch"]["max"] <= 2 and s["same_frame"]["frames"] == s["frames_shown"]
