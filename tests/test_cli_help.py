@@ -4,6 +4,8 @@ the comments of their YAML files, examples; exit 0."""
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +51,8 @@ def test_usage_lists_commands(capsys):
 
 
 def test_help_through_the_installed_script():
-    r = subprocess.run([str(REPO / ".venv/bin/endostream"), "consume", "--help"], cwd=REPO, env=ENV,
+    script = Path(sys.executable).parent / "endostream"  # the console script beside this interpreter
+    r = subprocess.run([str(script), "consume", "--help"], cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "" and "sink.viewer.port" in r.stdout
     r = subprocess.run(cli("predict", "-h"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
