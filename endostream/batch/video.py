@@ -191,9 +191,10 @@ class BatchWorker:
                         metrics.add(job.name, pred.prob, frame.gt_mask)
                     present += not pred.gated
                     box = pred.box or ("", "", "", "")
+                    unc = pred.mean_uncertainty  # once: it averages over the frame
                     rows.writerow([frame.seq, f"{frame.seq / fps:.4f}", f"{pred.presence:.6f}", int(pred.gated),
                                    *box, pred.area_px,
-                                   "" if pred.mean_uncertainty is None else f"{pred.mean_uncertainty:.5f}"])
+                                   "" if unc is None else f"{unc:.5f}"])
                     counter.add(1)
             finally:
                 video.close()
