@@ -184,12 +184,20 @@ def run(cfg) -> int:
           f"({time.time() - t0:.0f} s)")
     # Single-frame batches cost about half a clip batch (measured: 0.7 vs 1.2 s per 16, and 8x less
     # augmentation); the temporal module only learns from the clip batches, a share clip_p of them.
-    samplers = [ClipSampler(splits.train, splits.negatives, size=net_cfg.input_size, past=past,
-                            negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past)
-                for past in (0, int(tc.past_frames))]
+    # Multi-scale training (train.sizes): each batch is drawn at one of the sizes, so the fully
+    # convolutional network serves any of them; validation and export use model.input_size.
+    sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
+    samplers = {(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
+                                          negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size)
+                for size in sizes for past in (0, int(tc.past_frames))}
     clip_p = float(tc.get("clip_p", 1.0))
     pick = np.random.default_rng(int(tc.seed) + step)
-    next_batch = lambda: samplers[int(pick.random() < clip_p)].batch(int(tc.batch_size))  # noqa: E731
+
+    def next_batch() -> ClipBatch:
+        size = sizes[int(pick.integers(len(sizes)))]
+        past = int(tc.past_frames) if pick.random() < clip_p else 0
+        return samplers[(size, past)].batch(int(tc.batch_size))
+
     gen = torch.Generator().manual_seed(int(tc.seed) + step)
     budget = float(tc.budget_minutes) * 60
     log_path = out / "log.csv"
