@@ -26,6 +26,7 @@ from torch import nn
 from endostream.fileutil import atomic_write_bytes, atomic_write_json, file_sha256
 from endostream.model.io import load_weights
 from endostream.model.network import PolypNet
+from endostream.runtime.onnx_passes import fold_pads_into_convs
 from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS,
                                           OPSET, SIDECAR_FORMAT, check_precision, graph_paths, io_shapes)
 from endostream.runtime.torch_backend import _cast_input_hook
@@ -139,6 +140,7 @@ def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: i
         for part, ins, outs in (("encode", ENCODE_INPUTS, ENCODE_OUTPUTS), ("denoise", DENOISE_INPUTS, DENOISE_OUTPUTS)):
             model = onnx.load_from_string(onnx_bytes(modules[part], ex[part], ins, outs, opset))
             stamp_shapes(model, io_shapes(net.cfg.to_dict())[part])
+            fold_pads_into_convs(model)  # TF-"SAME" stride-2 zeros into the Conv (onnx_passes)
             onnx.checker.check_model(model, full_check=True)
             data = model.SerializeToString()
             atomic_write_bytes(paths[part], data)

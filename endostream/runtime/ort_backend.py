@@ -116,13 +116,16 @@ def provider_options(order: Sequence[str], device_id: int, shapes: dict[str, lis
     return out
 
 
-def session_options(threads: int) -> Any:
-    """Explicit threads, no spinning: the encode and denoise sessions each own a thread pool, and
-    a pool that spins after its run steals a core from the other one. Measured on the 2-core
-    VM, whole Segmenter call on Kvasir frames, K=2, two runs each: 24.1 / 32.8 ms p50 spinning,
-    15.5 / 16.4 ms not; K=0 unchanged (11-12 ms)."""
+def session_options(threads: int, spin: bool = False) -> Any:
+    """Explicit threads; spinning only when asked. The encode and denoise sessions each own a
+    thread pool, and a pool that spins after its run steals a core from the other one. Measured
+    on the 2-core VM, whole Segmenter call on Kvasir frames, K=2, two runs each: 24.1 / 32.8 ms
+    p50 spinning, 15.5 / 16.4 ms not. With K=0 only the encode session runs, and its ~100 small
+    EfficientNet ops each wake sleeping threads: spinning measured 30.9 vs 36.1 ms per encode at
+    320 (docs/RUNTIME.md), so ``load_segmenter`` turns it on for the encode session when nothing
+    else runs beside it."""
     so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.intra_op_num_threads = max(1, int(threads))
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -134,23 +137,25 @@ class OrtBackend:
     """Runs ``<stem>.encode.onnx`` and ``<stem>.denoise.onnx``; returns numpy float32 arrays.
 
     ``sidecar`` (the export's JSON) gives the TensorRT EP its profile shapes; ``max_batch`` is
-    the largest batch that profile covers (the CPU and CUDA providers take any batch)."""
+    the largest batch that profile covers (the CPU and CUDA providers take any batch). ``spin``
+    lets the encode session's threads spin between operators (see ``session_options``); the
+    denoise session never spins."""
 
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, config: dict[str, Any], *,
                  threads: int = 2, device: str = "cpu", max_batch: int = 1,
-                 sidecar: dict[str, Any] | None = None) -> None:
+                 sidecar: dict[str, Any] | None = None, spin: bool = False) -> None:
         if ort is None:
             raise RuntimeError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)")
         order = provider_order(available_providers(), device)
         device_id = int(device.split(":")[1]) if ":" in device else 0
         shapes = (sidecar or {}).get("shapes") or {}
-        so = session_options(threads)
         sessions = []
         for part, path in (("encode", encode_path), ("denoise", denoise_path)):
             # Profiles name only the inputs a graph declares: a network without the temporal
             # module exports without memory/valid.
             opts = provider_options(order, device_id, shapes.get(part), graph_inputs(path) if TRT_EP in order else (),
                                     max_batch)
+            so = session_options(threads, spin=bool(spin) and part == "encode")
             sessions.append(ort.InferenceSession(str(path), so, providers=opts))
         self.encode_session, self.denoise_session = sessions
         # Feed only what the graph declares (the same temporal-free networks).
