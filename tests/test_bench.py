@@ -300,3 +300,59 @@ def test_plots_show_both_paths_and_fit(tmp_path):
         assert w > 600 and h > 300, f
     # Two variants: each path of each variant, labelled by variant.
     assert plot_all(tmp_path, {"k1": series, "k2": series}) == files
+
+
+def _clock_cfg(tmp_path, port: int, security: bool, allow_remote: bool = False, bind: str | None = None):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "clock": {"peer": f"tcp://127.0.0.1:{port}", "bind": bind or f"tcp://127.0.0.1:{port}", "pings": 5},
+        "transport": {"allow_remote": allow_remote,
+                      "security": {"enabled": security, "keys_dir": str(tmp_path), "server_key": "server",
+                                   "client_key": "client", "allow_dir": str(tmp_path / "allowed")}}})
+
+
+def test_clock_server_refuses_a_remote_bind_without_allow_remote(tmp_path):
+    from endostream.bench.run import _serve_clock
+
+    with pytest.raises(ValueError, match="not a loopback address"):
+        _serve_clock(_clock_cfg(tmp_path, 5999, security=False, bind="tcp://0.0.0.0:5999"))
+
+
+def test_clock_exchange_over_curve_and_a_plain_client_gets_nothing(tmp_path):
+    """With transport.security on, the clock server is a CURVE server with the allow-list: the
+    keyed client measures an offset, a plain client gets no answer."""
+    import socket
+    import threading
+
+    from endostream.bench.run import _clock, _serve_clock
+    from endostream.protocol import security
+
+    security.create_keys(tmp_path, "server")
+    security.create_keys(tmp_path, "client")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "client.key").write_text((tmp_path / "client.key").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = _clock_cfg(tmp_path, port, security=True)
+    server = threading.Thread(target=_serve_clock, args=(cfg,), daemon=True)
+    server.start()
+    plain = _clock_cfg(tmp_path, port, security=False)
+    with pytest.raises(TimeoutError):  # no CURVE handshake: the ping times out
+        _ping_plain(plain)
+    result = _clock(cfg)
+    server.join(timeout=10)
+    assert result["samples"] == 5 and abs(result["offset_ms"]) <= result["uncertainty_ms"] + 1e-6
+
+
+def _ping_plain(cfg) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.REQ)
+    s.linger = 0
+    s.connect(str(cfg.clock.peer))
+    try:
+        bench_clock.ping(s, 1, timeout_ms=700)
+    finally:
+        s.close(0)
+        ctx.term()

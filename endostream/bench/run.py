@@ -138,26 +138,48 @@ def _merge_same_frame(runs: list[RunResult]) -> dict[str, Any]:
 
 
 def _clock(cfg: Any) -> dict[str, Any]:
-    """Same host: shared monotonic clock. With ``clock.peer``: ping a `scenario=clock_server`."""
+    """Same host: shared monotonic clock. With ``clock.peer``: ping a `scenario=clock_server`
+    (CURVE when ``transport.security.enabled``, like every other socket)."""
     peer = cfg.clock.get("peer")
     if not peer:
         return bench_clock.same_host()
     import zmq
 
+    from endostream.protocol.security import secure_client
+    from endostream.protocol.transport import security_keys
+
+    keys = security_keys(cfg.transport.get("security"), server=False)
     with zmq.Context() as ctx, ctx.socket(zmq.REQ) as s:
         s.linger = 0
+        if keys is not None:
+            secure_client(s, keys)
         s.connect(str(peer))
         est = bench_clock.ping(s, int(cfg.clock.pings))
     return {"method": f"ping exchange with {peer}, min round trip", **est.as_dict()}
 
 
 def _serve_clock(cfg: Any) -> int:
+    """The clock server binds like the consumer: loopback unless ``transport.allow_remote``, and
+    CURVE with the allow-list when ``transport.security.enabled``."""
     import zmq
 
+    from endostream.protocol.security import secure_server, start_auth, stop_auth
+    from endostream.protocol.transport import check_bind_endpoint, security_keys
+
+    bind = str(cfg.clock.bind)
+    check_bind_endpoint(bind, allow_remote=bool(cfg.transport.get("allow_remote", False)))
+    keys = security_keys(cfg.transport.get("security"), server=True)
     with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
-        s.bind(str(cfg.clock.bind))
-        print(f"clock server on {cfg.clock.bind}: answering {cfg.clock.pings} pings")
-        n = bench_clock.serve_pings(s, int(cfg.clock.pings), timeout_ms=60_000)
+        if keys is not None:
+            start_auth(ctx, keys)
+            secure_server(s, keys)
+        try:
+            s.bind(bind)
+            print(f"clock server on {bind}{' (CURVE)' if keys else ''}: answering {cfg.clock.pings} pings")
+            n = bench_clock.serve_pings(s, int(cfg.clock.pings), timeout_ms=60_000)
+        finally:
+            if keys is not None:
+                stop_auth(ctx)
     print(f"answered {n} pings")
     return 0
 
