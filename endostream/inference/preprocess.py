@@ -9,8 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# ImageNet statistics are not used: the network is trained from scratch on these
-# endoscopy frames, so simple [-1, 1] scaling is enough and cheaper.
+# One [-1, 1] scaling for every encoder; the EfficientNet encoder turns it into the ImageNet
+# normalisation its weights expect inside the graph (two folded constants, model/encoder.py).
 _SCALE = np.float32(1.0 / 127.5)
 
 
