@@ -16,6 +16,7 @@ Every socket can be CURVE-encrypted and authenticated (endostream.protocol.secur
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import logging
@@ -41,6 +42,39 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIVE_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_LOSSLESS_ENDPOINT = "tcp://127.0.0.1:5556"
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit (HEAP_MAX_SIZE / 2)
+_buffers_retained: bool | None = None  # None: not tried yet
+
+
+def retain_frame_buffers(trim_threshold: int = 256 << 20) -> bool:
+    """Let this process reuse freed frame-sized heap memory instead of handing it back to
+    the kernel. Returns True when in effect (Linux/glibc), False elsewhere (a no-op).
+
+    libzmq allocates a fresh buffer for every large message it receives (a raw 640x480 frame
+    is 0.9 MB, 1080p 6.2 MB) and frees it when the frame is dropped. With glibc's default
+    dynamic thresholds those buffers are mmapped or trimmed back to the kernel, so every
+    received frame page-faults its buffer in again and the kernel zeroes every page: on a
+    loopback stream that cost more CPU than the TCP copy itself. Here mmap is used only for
+    blocks above 32 MiB (a raw 4K frame, 24.9 MB, still comes from the heap) and at most
+    ``trim_threshold`` bytes of free heap top are kept per arena. Process-wide and sticky
+    (mallopt cannot be scoped); the receivers call it once unless ``retain_buffers=False``."""
+    global _buffers_retained
+    if _buffers_retained is not None:
+        return _buffers_retained
+    _buffers_retained = False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError, TypeError):  # not glibc / no confstr name
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _buffers_retained = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                             and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    return _buffers_retained
 
 
 def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
@@ -331,7 +365,9 @@ class _Receiver(_Socket):
 
     def __init__(self, kind: int, endpoint: str, *, context, allow_remote, security,
                  max_width, max_height, max_streams, log_interval_s, linger_ms,
-                 heartbeat_ivl_ms, heartbeat_timeout_ms):
+                 heartbeat_ivl_ms, heartbeat_timeout_ms, retain_buffers=True):
+        if retain_buffers:
+            retain_frame_buffers()  # received frames reuse heap memory: no page faults each
         super().__init__(kind, context, linger_ms=linger_ms, heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.max_width, self.max_height = max_width, max_height
@@ -392,12 +428,13 @@ class LiveReceiver(_Receiver):
                  security: ServerKeys | None = None, rcvhwm: int = 4, max_width: int = 8192,
                  max_height: int = 8192, max_streams: int = 64, max_batch: int = 1000,
                  log_interval_s: float = 10.0, heartbeat_ivl_ms: int = 1000,
-                 heartbeat_timeout_ms: int = 5000, max_events: int = 1000):
+                 heartbeat_timeout_ms: int = 5000, max_events: int = 1000,
+                 retain_buffers: bool = True):
         super().__init__(zmq.SUB, endpoint, context=context, allow_remote=allow_remote,
                          security=security, max_width=max_width, max_height=max_height,
                          max_streams=max_streams, log_interval_s=log_interval_s, linger_ms=0,
                          heartbeat_ivl_ms=heartbeat_ivl_ms,
-                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+                         heartbeat_timeout_ms=heartbeat_timeout_ms, retain_buffers=retain_buffers)
         self.sock.rcvhwm = rcvhwm
         self.sock.subscribe(b"")
         self.max_batch = max_batch
@@ -774,13 +811,14 @@ class LosslessReceiver(_Receiver):
                  security: ServerKeys | None = None, state_file: str | Path | None = None,
                  max_hold: int = 256, max_width: int = 8192, max_height: int = 8192,
                  max_streams: int = 64, log_interval_s: float = 10.0,
-                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 5000):
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 5000,
+                 retain_buffers: bool = True):
         super().__init__(zmq.ROUTER, endpoint, context=context, allow_remote=allow_remote,
                          security=security, max_width=max_width, max_height=max_height,
                          max_streams=max_streams, log_interval_s=log_interval_s,
                          linger_ms=1000,  # let the final acks (end-of-stream) leave on close
                          heartbeat_ivl_ms=heartbeat_ivl_ms,
-                         heartbeat_timeout_ms=heartbeat_timeout_ms)
+                         heartbeat_timeout_ms=heartbeat_timeout_ms, retain_buffers=retain_buffers)
         self.sock.rcvhwm = 1000
         self.max_hold = max_hold
         self.state_file = Path(state_file) if state_file else None
