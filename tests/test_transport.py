@@ -307,6 +307,84 @@ def test_factories_follow_the_config():
         open_sender(cfg)
 
 
+# ----------------------------------------------------------------------------- raw fast path
+
+
+def _recv_one(rx: LosslessReceiver, timeout_s: float = 5.0) -> FrameMessage:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = rx.recv(50)
+        if isinstance(m, FrameMessage):
+            return m
+    raise AssertionError("no frame received")
+
+
+def _owner(a: np.ndarray):
+    """The object at the end of an array's ``base`` chain (what really holds its memory)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a.obj if isinstance(a, memoryview) else a
+
+
+def _pattern(h: int = 480, w: int = 640) -> np.ndarray:
+    return np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_raw_frame_is_not_copied_from_sender_array_to_received_image():
+    """inproc hands libzmq's message over as it is, so the received image can share memory
+    with the sent array only if neither side copied: not the encoder (a memoryview of the
+    array), not the send (copy=False), not the receive (zmq.Frame) and not the decoder
+    (np.frombuffer)."""
+    ctx = zmq.Context()
+    img = _pattern()
+    try:
+        with LosslessReceiver("inproc://zero-copy", context=ctx) as rx, \
+                LosslessSender("inproc://zero-copy", context=ctx) as tx:
+            tx.send(Frame(0, 0, time.monotonic_ns(), img), timeout_s=5)
+            got = _recv_one(rx).frame.image
+            assert np.shares_memory(got, img) and np.array_equal(got, img)
+            assert isinstance(_owner(got), zmq.Frame)
+            # the sender keeps the view (for resends), not a copy
+            assert np.shares_memory(np.frombuffer(tx._unacked[(0, 0)][1], np.uint8), img)
+    finally:
+        ctx.term()
+
+
+def test_raw_frame_over_tcp_is_a_view_of_the_received_zmq_frame():
+    with LosslessReceiver(ANY_TCP) as rx, LosslessSender(rx.endpoint) as tx:
+        img = _pattern()
+        tx.send(Frame(0, 0, time.monotonic_ns(), img), timeout_s=5)
+        m = _recv_one(rx)
+        got = m.frame.image
+        assert np.array_equal(got, img) and not got.flags.owndata
+        owner = _owner(got)
+        assert isinstance(owner, zmq.Frame) and len(owner) == img.nbytes
+        rx.ack_message(m)
+        assert tx.flush(timeout_s=5)
+
+
+def test_raw_payload_travels_as_its_own_part():
+    """Header and pixels are two parts of one message (no concatenation): the consumer gets
+    the pixels as a part of exactly height x width x 3 bytes."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    img = _pattern(270, 480)
+    try:
+        with LosslessSender(f"tcp://127.0.0.1:{port}", context=ctx) as tx:
+            tx.send(Frame(0, 0, time.monotonic_ns(), img), timeout_s=5)
+            assert router.poll(5000)
+            identity, header, payload = router.recv_multipart(copy=False)
+            h = wire.unpack_header(header.bytes)
+            assert (len(header), h.width, h.height, h.codec) == (wire.HEADER_SIZE, 480, 270, "raw")
+            assert len(payload) == h.payload_len == 270 * 480 * 3
+            assert payload.bytes == img.tobytes()
+            assert "send" in dict(h.stamps_ns)
+    finally:
+        router.close(0)
+        ctx.term()
+
+
 _FAULTS_SCRIPT = r"""
 import resource, sys, threading
 import numpy as np

@@ -170,3 +170,90 @@ def test_encode_rejects_bad_images_and_codecs():
         encode_frame(f)
     with pytest.raises(WireError, match="codec"):
         encode_frame(_frame(), codec="png")
+
+
+# ----------------------------------------------------------------------------- raw fast path
+
+
+def test_raw_payload_is_a_view_of_the_image_not_a_copy():
+    f = _frame(h=480, w=640)
+    parts = encode_frame(f)
+    payload = np.frombuffer(parts[1], np.uint8)
+    assert payload.nbytes == 480 * 640 * 3 and np.shares_memory(payload, f.image)
+    msg = decode_message(parts)  # and decoding views the payload: nothing copied end to end
+    assert np.shares_memory(msg.frame.image, f.image) and not msg.frame.image.flags.owndata
+    assert np.array_equal(msg.frame.image, f.image)
+
+
+def test_send_header_is_with_stamp_and_with_window_start_in_one_buffer():
+    hdr = encode_frame(_frame())[0]
+    for ws in (None, 3, 7):
+        want = wire.with_stamp(hdr if ws is None else wire.with_window_start(hdr, ws), "send", 42)
+        assert bytes(wire.send_header(hdr, ws, 42)) == want
+    full = hdr
+    for i in range(wire.MAX_STAMPS):
+        full = wire.with_stamp(full, "infer", i)
+    assert full[49] == wire.MAX_STAMPS
+    assert bytes(wire.send_header(full, None, 42)) == full  # a full table is left as it is
+    assert bytes(wire.send_header(full, 2, 42)) == wire.with_window_start(full, 2)
+    assert unpack_header(wire.send_header(hdr)).stamps_ns[-1][0] == "send"
+
+
+@pytest.mark.parametrize("kind, make", [
+    ("ack", lambda: encode_ack(4, 2**63 - 1, 2**64 - 1)),
+    ("end_of_stream", lambda: encode_end_of_stream(1, 5, 10, window_start=3)),
+    ("source_lost", lambda: wire.encode_source_lost(2**32 - 1, 5, 10, t_ns=77, window_start=10)),
+    ("heartbeat", lambda: encode_heartbeat(6, 9)),
+])
+def test_control_headers_are_the_bytes_pack_header_writes(kind, make):
+    hdr, payload = make()
+    h = unpack_header(hdr)
+    assert h.kind == kind and payload == b""
+    assert hdr == pack_header(Header(kind, h.stream_id, h.epoch, h.seq, h.window_start,
+                                     h.t_capture_ns))
+
+
+def test_control_header_field_out_of_range_is_a_wire_error():
+    with pytest.raises(WireError, match="out of range"):
+        encode_ack(2**32, 1, 1)
+
+
+def _general(parts):
+    """decode_message without the control fast path."""
+    h = wire.check_parts(parts)
+    return {"end_of_stream": lambda: EndOfStream(h.stream_id, h.epoch, h.seq, h.window_start),
+            "source_lost": lambda: wire.SourceLost(h.stream_id, h.epoch, h.seq, h.t_capture_ns),
+            "heartbeat": lambda: Heartbeat(h.stream_id, h.epoch, h.t_capture_ns),
+            "ack": lambda: Ack(h.stream_id, h.epoch, h.seq)}.get(h.kind, lambda: "frame")()
+
+
+@pytest.mark.parametrize("parts", [
+    encode_ack(4, 5, 9),
+    encode_end_of_stream(4, 5, 10, window_start=2),
+    wire.encode_source_lost(4, 5, 10, t_ns=99),
+    encode_heartbeat(4, 5),
+    [_patch(encode_ack(4, 5, 9)[0], 48, "<B", 2), b""],  # a known modality: general path
+    [_patch(encode_ack(4, 5, 9)[0], 24, "<Q", 10), b""],  # window_start > seq
+    [_patch(encode_ack(4, 5, 9)[0], 52, "<I", 3), b"abc"],  # payload on a control message
+    [_patch(encode_ack(4, 5, 9)[0], 3, "<B", 1), b""],  # a "frame" with an all-zero tail
+    [_patch(encode_ack(4, 5, 9)[0], 3, "<B", 9), b""],  # unknown kind
+    [b"XX" + encode_ack(4, 5, 9)[0][2:], b""],
+    [_patch(encode_ack(4, 5, 9)[0], 2, "<B", 2), b""],
+    [encode_ack(4, 5, 9)[0], b"", b""],
+    [encode_ack(4, 5, 9)[0][:127], b""],
+    [encode_ack(4, 5, 9)[0], 12345],
+    [memoryview(encode_ack(4, 5, 9)[0]), memoryview(b"")],
+])
+def test_control_fast_path_agrees_with_the_general_path(parts):
+    try:
+        want = _general(parts)
+    except WireError as exc:
+        with pytest.raises(WireError) as info:
+            decode_message(parts)
+        assert info.value.reason == exc.reason
+        return
+    if want == "frame":
+        with pytest.raises(WireError):
+            decode_message(parts)
+        return
+    assert decode_message(parts) == want

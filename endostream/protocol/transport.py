@@ -77,6 +77,39 @@ def retain_frame_buffers(trim_threshold: int = 256 << 20) -> bool:
     return _buffers_retained
 
 
+# Hot path: plain-int flags and a per-part loop instead of send_multipart/recv_multipart,
+# whose per-call Python (part type checks, enum flag arithmetic, a getsockopt(RCVMORE) per
+# part) cost more than the rest of a raw frame's handling.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+
+
+def _send_parts(sock: zmq.Socket, parts: list, copy: bool = False) -> None:
+    """One multipart message, never blocking; zmq.Again when it cannot be queued (then
+    nothing was sent: ZeroMQ queues a multipart message whole or not at all). With
+    ``copy=False`` a part of ``sock.copy_threshold`` (64 KiB) or more is sent zero-copy:
+    libzmq reads the caller's buffer (a raw frame's pixels) until the send completed, so it
+    must not change meanwhile; smaller parts (the 128-byte header) are copied at once."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        sock.send(part, _MORE_NOBLOCK if i < last else _NOBLOCK, copy=copy)
+
+
+def _recv_parts(sock: zmq.Socket, copy: bool = False) -> list:
+    """One queued multipart message, never blocking (zmq.Again when none is queued). With
+    ``copy=False`` the parts are zmq.Frames owning libzmq's receive buffers: a raw payload
+    is viewed, never copied (wire.decode_frame wraps it with np.frombuffer)."""
+    if copy:
+        return sock.recv_multipart(_NOBLOCK)
+    frame = sock.recv(_NOBLOCK, copy=False)
+    parts = [frame]
+    while frame.more:  # the rest of a multipart message is already there: never Again
+        frame = sock.recv(_NOBLOCK, copy=False)
+        parts.append(frame)
+    return parts
+
+
 def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> None:
     """Refuse to bind beyond loopback (frames are patient data) unless allow_remote=True."""
     scheme, _, rest = endpoint.partition("://")
@@ -174,6 +207,12 @@ class _Socket:
     def _drain_monitor(self) -> int:
         """Handle queued handshake events (never blocks); returns how many succeeded."""
         ok = 0
+        # Runs once per received frame: ask EVENTS (cheap) before a recv that would raise.
+        try:
+            if self._monitor.closed or not self._monitor.get(zmq.EVENTS) & _POLLIN:
+                return ok
+        except zmq.ZMQError:
+            return ok
         while not self._monitor.closed:
             try:
                 ev = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
@@ -276,9 +315,9 @@ class LiveSender(_Socket):
         super().close()
 
     def _send(self, parts: list) -> bool:
-        parts[0] = wire.with_stamp(parts[0], "send")
+        parts[0] = wire.send_header(parts[0])
         try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            _send_parts(self.sock, parts)
         except zmq.Again:
             return False
         return True
@@ -372,6 +411,8 @@ class _Receiver(_Socket):
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.max_width, self.max_height = max_width, max_height
         self.max_streams = max_streams
+        self._poller = zmq.Poller()  # kept: Socket.poll builds a new Poller every call
+        self._poller.register(self.sock, zmq.POLLIN)
         self.stats = ReceiverStats()
         self._log = RateLimitedLog(log, log_interval_s)
         self._bind_args = (endpoint, allow_remote, security)
@@ -452,14 +493,14 @@ class LiveReceiver(_Receiver):
         and return the newest valid frame per stream, never one older than a frame this
         receiver already delivered from that stream and epoch. Rejects are counted."""
         self._drain_monitor()
-        if not self.sock.poll(timeout_ms):
+        if not self._poller.poll(timeout_ms):
             return []
         pending: dict[int, list[_Candidate]] = {}  # per stream, ascending seq, top = newest
         seen: dict[int, int] = {}
         out: list[FrameMessage] = []
         for _ in range(self.max_batch):
             try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = _recv_parts(self.sock)
             except zmq.Again:
                 break
             self.stats.messages += 1
@@ -648,7 +689,8 @@ class LosslessSender(_Socket):
         if frame.seq != expected:
             raise ValueError(f"lossless stream {frame.stream_id}: seq {frame.seq}, "
                              f"expected {expected} (seqs must be consecutive)")
-        self._wait(lambda: len(self._unacked) < self.window, timeout_s)
+        if len(self._unacked) >= self.window:
+            self._wait(lambda: len(self._unacked) < self.window, timeout_s)
         parts = wire.encode_frame(frame, epoch=self.epoch, codec=self.codec,
                                   jpeg_quality=self.jpeg_quality, send_mask=self.send_mask)
         self._lost.pop(frame.stream_id, None)  # the source is back
@@ -658,6 +700,8 @@ class LosslessSender(_Socket):
         """Wait until ``send`` would not block (the window has room); False on timeout.
         A producer that grabs frames on demand calls this before grabbing, so waiting for
         the consumer does not count as the frame's latency."""
+        if len(self._unacked) < self.window:
+            return True
         try:
             self._wait(lambda: len(self._unacked) < self.window, timeout_s)
         except TimeoutError:
@@ -709,17 +753,18 @@ class LosslessSender(_Socket):
         self._flush_pending()
 
     def _floor(self, sid: int) -> int:
-        return min(seq for s, seq in self._unacked if s == sid)
+        # _unacked holds each stream's seqs in ascending order (queued in order, acked
+        # cumulatively from the front), so its first key of the stream is the lowest.
+        return next(seq for s, seq in self._unacked if s == sid)
 
     def _flush_pending(self) -> None:
         while self._pending:
             key = self._pending[0]
             parts = self._unacked.get(key)
             if parts is not None:
-                hdr = wire.with_window_start(parts[0], self._floor(key[0]))
+                hdr = wire.send_header(parts[0], self._floor(key[0]))
                 try:
-                    self.sock.send_multipart([wire.with_stamp(hdr, "send"), *parts[1:]],
-                                             flags=zmq.NOBLOCK, copy=False)
+                    _send_parts(self.sock, [hdr, *parts[1:]])
                 except zmq.Again:
                     return  # no consumer connected or its queue is full: retry later
                 self._last_sent = time.monotonic()
@@ -750,7 +795,7 @@ class LosslessSender(_Socket):
         if self.sock in events:
             while True:
                 try:
-                    parts = self.sock.recv_multipart(zmq.NOBLOCK)
+                    parts = _recv_parts(self.sock, copy=True)  # acks: 128 bytes, copied
                 except zmq.Again:
                     break
                 self._on_reply(parts)
@@ -778,7 +823,12 @@ class LosslessSender(_Socket):
             return
         self._last_heard = time.monotonic()
         if isinstance(msg, Ack) and msg.epoch == self.epoch:
-            done = [k for k in self._unacked if k[0] == msg.stream_id and k[1] <= msg.seq]
+            done = []
+            for k in self._unacked:  # each stream's seqs ascending: stop past msg.seq
+                if k[0] == msg.stream_id:
+                    if k[1] > msg.seq:
+                        break
+                    done.append(k)
             for k in done:
                 del self._unacked[k]
             if done:
@@ -834,11 +884,11 @@ class LosslessReceiver(_Receiver):
         deadline = time.monotonic() + timeout_ms / 1000
         while not self._ready:
             left = int((deadline - time.monotonic()) * 1000)
-            if left < 0 or not self.sock.poll(max(left, 0)):
+            if left < 0 or not self._poller.poll(max(left, 0)):
                 break
             for _ in range(1000):
                 try:
-                    parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = _recv_parts(self.sock)
                 except zmq.Again:
                     break
                 self.stats.messages += 1
@@ -959,15 +1009,18 @@ class LosslessReceiver(_Receiver):
                     msg.seq - 1)
 
     def _state(self, key: tuple[int, int]) -> _LosslessStream:
-        st = self._streams.pop(key, None) or _LosslessStream()
-        self._streams[key] = st  # most recent last; the oldest is evicted past max_streams
-        if len(self._streams) > self.max_streams:
+        st = self._streams.get(key)
+        if st is not None:
+            self._streams.move_to_end(key)  # most recent last...
+            return st
+        st = self._streams[key] = _LosslessStream()
+        if len(self._streams) > self.max_streams:  # ...and the oldest evicted past max_streams
             self._streams.popitem(last=False)
         return st
 
     def _reply(self, identity: bytes, parts: list) -> None:
         try:
-            self.sock.send_multipart([identity, *parts], zmq.NOBLOCK)
+            _send_parts(self.sock, [identity, *parts], copy=True)
         except zmq.ZMQError:
             pass  # producer gone; it will resend and we will re-ack
 
@@ -1020,7 +1073,7 @@ class Publisher(_Socket):
         """Queue one message; False when it could not be queued."""
         self._drain_monitor()
         try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            _send_parts(self.sock, parts)
         except zmq.Again:
             return False
         return True

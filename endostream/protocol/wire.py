@@ -47,6 +47,12 @@ HEADER = struct.Struct("<2sBBIQQQQHHHBBBBHI" + "BQ" * MAX_STAMPS)
 HEADER_SIZE = HEADER.size  # 128
 _STAMPS_OFFSET = 56
 _STAMP = struct.Struct("<BQ")
+_U64_AT = struct.Struct("<Q")
+_SEND = STAGES["send"]
+# Control messages (no size, format, codec, stamps or payload): the first 40 bytes
+# (magic .. t_capture_ns) vary, the other 88 are zero.
+_CONTROL_HEAD = struct.Struct("<2sBBIQQQQ")
+_CONTROL_TAIL = bytes(HEADER_SIZE - _CONTROL_HEAD.size)
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 
@@ -219,6 +225,21 @@ def with_window_start(header: bytes, window_start: int) -> bytes:
     return header[:24] + struct.pack("<Q", window_start) + header[32:]
 
 
+def send_header(header: bytes, window_start: int | None = None, ns: int | None = None) -> bytearray:
+    """``with_stamp(header, "send", ns)``, and ``with_window_start`` when ``window_start`` is
+    given, in one buffer: what a sender puts on the wire as part 0 at send time. Like
+    ``with_stamp``, a full stamp table is left as it is."""
+    out = bytearray(header)
+    if window_start is not None:
+        _U64_AT.pack_into(out, 24, window_start)
+    n = out[49]
+    if n < MAX_STAMPS:
+        out[49] = n + 1
+        _STAMP.pack_into(out, _STAMPS_OFFSET + n * _STAMP.size, _SEND,
+                         time.monotonic_ns() if ns is None else ns)
+    return out
+
+
 # ----------------------------------------------------------------------------- encode
 
 
@@ -268,8 +289,15 @@ def encode_frame(frame: Frame, *, epoch: int = 0, codec: str = "raw", jpeg_quali
 
 def _control(kind: str, stream_id: int, epoch: int, seq: int, t_ns: int = 0,
              window_start: int | None = None) -> list:
+    """Same bytes as ``pack_header(Header(kind, stream_id, epoch, seq, ws, t_ns))``, packed
+    directly: an ack goes out for every frame."""
     ws = seq if window_start is None else window_start
-    return [pack_header(Header(kind, stream_id, epoch, seq, ws, t_ns)), b""]
+    try:
+        head = _CONTROL_HEAD.pack(MAGIC, VERSION, KINDS[kind], stream_id, epoch, seq, ws,
+                                  t_ns & _U64)
+    except struct.error as exc:
+        raise WireError(f"header field out of range: {exc}") from None
+    return [head + _CONTROL_TAIL, b""]
 
 
 def encode_end_of_stream(stream_id: int, epoch: int, seq: int,
@@ -370,6 +398,9 @@ def decode_message(parts: list, *, max_width: int = 8192, max_height: int = 8192
     Heartbeat | Ack.
     Raises WireError (a ValueError) with a one-line reason on anything malformed.
     ``received_ns`` (monotonic) becomes the frame's ``receive`` stamp."""
+    msg = _decode_control(parts)
+    if msg is not None:
+        return msg
     h = check_parts(parts, max_width=max_width, max_height=max_height)
     if h.kind == "end_of_stream":
         return EndOfStream(h.stream_id, h.epoch, h.seq, h.window_start)
@@ -380,6 +411,37 @@ def decode_message(parts: list, *, max_width: int = 8192, max_height: int = 8192
     if h.kind == "ack":
         return Ack(h.stream_id, h.epoch, h.seq)
     return decode_frame(h, parts, received_ns)
+
+
+_CONTROL_KINDS = frozenset(KINDS[k] for k in ("end_of_stream", "heartbeat", "ack", "source_lost"))
+
+
+def _decode_control(parts: list) -> Message | None:
+    """A control message in the form every sender writes (2 parts, empty payload, every
+    header byte after ``t_capture_ns`` zero), decoded without the general path: a lossless
+    producer reads an ack per frame. It accepts exactly what ``check_parts`` accepts in
+    that form; anything else (an error included) returns None and takes the general path,
+    which gives the canonical result or WireError."""
+    try:
+        if len(parts) != 2:
+            return None
+        hdr = _buf(parts[0])
+        if len(hdr) != HEADER_SIZE or hdr[_CONTROL_HEAD.size:] != _CONTROL_TAIL:
+            return None
+        magic, version, kind, sid, epoch, seq, ws, t = _CONTROL_HEAD.unpack_from(hdr)
+        if magic != MAGIC or version != VERSION or kind not in _CONTROL_KINDS or ws > seq:
+            return None
+        if len(_buf(parts[1])):
+            return None
+    except WireError:
+        return None
+    if kind == KINDS["ack"]:
+        return Ack(sid, epoch, seq)
+    if kind == KINDS["heartbeat"]:
+        return Heartbeat(sid, epoch, t)
+    if kind == KINDS["end_of_stream"]:
+        return EndOfStream(sid, epoch, seq, ws)
+    return SourceLost(sid, epoch, seq, t)
 
 
 def decode_frame(h: Header, parts: list, received_ns: int | None = None) -> FrameMessage:
