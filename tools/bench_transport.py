@@ -75,6 +75,7 @@ def _produce_imagezmq(endpoint: str, width: int, height: int, codec: str, n: int
 
     img = test_image(width, height)
     sender = imagezmq.ImageSender(connect_to=endpoint)
+    time.sleep(0.5)  # let the connection settle, as the endostream producer does
     for i in range(n):
         t = time.monotonic_ns()
         if codec == "jpeg":
@@ -89,14 +90,21 @@ def _produce_imagezmq(endpoint: str, width: int, height: int, codec: str, n: int
 # ----------------------------------------------------------------------------- consumers
 
 
-def _stats(lat_ns: list[int], t_first: int, t_last: int, got: int, sent: int) -> dict:
-    lat = np.array(lat_ns[WARMUP:] or lat_ns, dtype=np.float64) / 1e6
-    span = (t_last - t_first) / 1e9
+def _stats(lat_ns: list[int], captured_ns: list[int], arrived_ns: list[int], sent: int) -> dict:
+    """Per received frame: latency, capture stamp at the producer and arrival time at the
+    consumer (one host, one monotonic clock). Like the latencies, fps skips the first WARMUP
+    frames: frames after them / (last arrival - capture of the first frame counted). Timing
+    from the capture, not from an arrival, keeps a pipelined sender honest: by the time a
+    frame arrives a window of later ones is already in flight."""
+    got = len(arrived_ns)
+    k = WARMUP if got > WARMUP + 1 else 0
+    lat = np.array(lat_ns[k:], dtype=np.float64) / 1e6
+    span = (arrived_ns[-1] - captured_ns[k]) / 1e9 if got else 0
     return {"frames_sent": sent, "frames_received": got,
             "p50_ms": round(float(np.percentile(lat, 50)), 3),
             "p99_ms": round(float(np.percentile(lat, 99)), 3),
             "max_ms": round(float(lat.max()), 3),
-            "fps": round((got - 1) / span, 1) if span > 0 else None}
+            "fps": round((got - k) / span, 1) if span > 0 else None}
 
 
 def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, window: int = 32,
@@ -110,7 +118,7 @@ def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, wi
         target=_produce_endostream,
         args=(mode, rx.endpoint, width, height, codec, n, window, pace_fps))
     proc.start()
-    lat, t_first, t_last, got = [], 0, 0, 0
+    lat, captured, arrived = [], [], []
     deadline = time.monotonic() + 120
     last_msg = time.monotonic()
     with rx:
@@ -132,15 +140,13 @@ def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, wi
                 if isinstance(m, EndOfStream):
                     end = True
                     continue
-                now = time.monotonic_ns()
-                t_first = t_first or now
-                t_last = now
-                got += 1
+                arrived.append(time.monotonic_ns())
+                captured.append(m.frame.t_capture_ns)
                 lat.append(m.frame.stamps_ns["decode"] - m.frame.t_capture_ns)
             if end:
                 break
         proc.join(30)
-    out = _stats(lat, t_first, t_last, got, n)
+    out = _stats(lat, captured, arrived, n)
     out["producer_exitcode"] = proc.exitcode
     return out
 
@@ -152,7 +158,7 @@ def run_imagezmq(width: int, height: int, codec: str, n: int, port: int = 5599) 
     proc = mp.get_context("spawn").Process(
         target=_produce_imagezmq, args=(f"tcp://127.0.0.1:{port}", width, height, codec, n))
     proc.start()
-    lat, t_first, t_last, got = [], 0, 0, 0
+    lat, captured, arrived = [], [], []
     while True:
         if codec == "jpeg":
             name, buf = hub.recv_jpg()
@@ -167,13 +173,12 @@ def run_imagezmq(width: int, height: int, codec: str, n: int, port: int = 5599) 
                 break
         now = time.monotonic_ns()
         lat.append(now - int(name))
-        t_first = t_first or now
-        t_last = now
-        got += 1
+        arrived.append(now)
+        captured.append(int(name))
         hub.send_reply(b"OK")
     proc.join(30)
     hub.close()
-    return _stats(lat, t_first, t_last, got, n)
+    return _stats(lat, captured, arrived, n)
 
 
 def main() -> None:
