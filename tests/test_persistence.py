@@ -43,6 +43,17 @@ def test_stream_filters_keep_streams_apart_and_validate() -> None:
     assert [sf.update(0, True), sf.update(1, True), sf.update(0, True), sf.update(1, False)] == [False, False, True, False]
     off = StreamFilters(enabled=False)
     assert off.update(0, True) is True
+    with pytest.raises(ValueError, match="min_presence"):
+        StreamFilters(min_presence=1.5)
+
+
+def test_min_presence_counts_a_doubtful_detection_as_none() -> None:
+    """A mask with presence below min_presence is not shown and does not confirm the stream."""
+    sf = StreamFilters(n=2, m=3, hold=2, min_presence=0.9)
+    assert [sf.update(0, True, 0.95), sf.update(0, True, 0.6), sf.update(0, True, 0.6)] == [False, False, False]
+    assert [sf.update(0, True, 0.95), sf.update(0, True, 0.95)] == [False, True]  # two confident ones in 3
+    assert sf.update(0, True, 0.6) is False  # confirmed, but this frame's mask is doubtful: hidden
+    assert sf.update(0, True, 0.97) is True  # one miss < hold: still confirmed
     with pytest.raises(ValueError, match="n <= m"):
         StreamFilters(n=4, m=3)
 

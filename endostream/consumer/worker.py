@@ -240,7 +240,7 @@ class Inference:
         self.processed[key] = self.processed.get(key, 0) + 1
         if self.filters is not None:  # hide a detection until it persists (the mask is never invented)
             found = bool(pred.mask.any())
-            if not self.filters.update(sid, found) and found:
+            if not self.filters.update(sid, found, pred.presence) and found:
                 pred = replace(pred, mask=np.zeros_like(pred.mask), box=None, held_back=True)
         self.infer_ms.append((t1 - t0) / 1e6)
         if self.record is not None:
