@@ -179,8 +179,11 @@ class Consumer:
                 self.overlay.controls.poll()
                 msgs = self._newest_frames()
                 worker.submit_many([(m.frame, m.epoch) for m in msgs])  # issue 17: one batch for all streams
+                # One deadline for all of them: the streams' masks come from one batched call, so
+                # waiting per stream in turn would multiply the video's delay by the stream count.
+                deadline_ns = time.monotonic_ns() + int(self.opt.wait_ms * 1e6)
                 for msg in msgs:
-                    self._live_frame(worker, msg)
+                    self._live_frame(worker, msg, deadline_ns)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
                 self._live_ends(worker)
@@ -208,14 +211,13 @@ class Consumer:
                 newest[m.stream_id] = m
         return list(newest.values())
 
-    def _live_frame(self, worker: InferenceWorker, msg: Any) -> None:
+    def _live_frame(self, worker: InferenceWorker, msg: Any, deadline_ns: int) -> None:
         frame, epoch = msg.frame, msg.epoch
         try:
             st, _ = self.tel.on_frame(frame, epoch)
             worker.submit(frame, epoch)
-            # issue 17: wait up to overlay.wait_ms for this frame's own mask, else the newest one
-            result = worker.wait_for(frame.stream_id, frame.seq, epoch,
-                                     time.monotonic_ns() + int(self.opt.wait_ms * 1e6))
+            # issue 17: wait until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one
+            result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns)
             if result is not None and result.epoch != epoch:
                 result = None  # a mask from before the producer restarted
             self._show(frame, epoch, result, st)
