@@ -215,8 +215,8 @@ class Consumer:
         frame, epoch = msg.frame, msg.epoch
         try:
             st, _ = self.tel.on_frame(frame, epoch)
-            worker.submit(frame, epoch)
-            # issue 17: wait until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one
+            # The frame was submitted with the other streams' frames (run_live). Issue 17: wait
+            # until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one.
             result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns)
             if result is not None and result.epoch != epoch:
                 result = None  # a mask from before the producer restarted

@@ -208,35 +208,38 @@ def unpack_header(buf: bytes | memoryview) -> Header:
                   _MODALITY_NAMES[modality], flags, payload_len, tuple(stamps))
 
 
+def _add_stamp(out: bytearray, stage_id: int, ns: int | None) -> None:
+    """Append one stage timestamp in place; a full stamp table is left as it is (stamps are
+    diagnostics, never worth an error)."""
+    n = out[49]
+    if n < MAX_STAMPS:
+        out[49] = n + 1
+        _STAMP.pack_into(out, _STAMPS_OFFSET + n * _STAMP.size, stage_id,
+                         time.monotonic_ns() if ns is None else ns)
+
+
 def with_stamp(header: bytes, stage: str, ns: int | None = None) -> bytes:
     """Return ``header`` with one more stage timestamp (e.g. ``send`` taken at send time).
-    A full stamp table is returned unchanged: stamps are diagnostics, never worth an error."""
-    n = header[49]
-    if n >= MAX_STAMPS:
-        return header
-    ns = time.monotonic_ns() if ns is None else ns
-    off = _STAMPS_OFFSET + n * _STAMP.size
-    return (header[:49] + bytes([n + 1]) + header[50:off] + _STAMP.pack(STAGES[stage], ns)
-            + header[off + _STAMP.size:])
+    A full stamp table is returned unchanged."""
+    out = bytearray(header)
+    _add_stamp(out, STAGES[stage], ns)
+    return bytes(out)
 
 
 def with_window_start(header: bytes, window_start: int) -> bytes:
     """Return ``header`` with a new ``window_start`` (a resend carries the current floor)."""
-    return header[:24] + struct.pack("<Q", window_start) + header[32:]
+    out = bytearray(header)
+    _U64_AT.pack_into(out, 24, window_start)
+    return bytes(out)
 
 
 def send_header(header: bytes, window_start: int | None = None, ns: int | None = None) -> bytearray:
     """``with_stamp(header, "send", ns)``, and ``with_window_start`` when ``window_start`` is
-    given, in one buffer: what a sender puts on the wire as part 0 at send time. Like
-    ``with_stamp``, a full stamp table is left as it is."""
+    given, in one buffer: what a sender puts on the wire as part 0 at send time."""
     out = bytearray(header)
     if window_start is not None:
         _U64_AT.pack_into(out, 24, window_start)
-    n = out[49]
-    if n < MAX_STAMPS:
-        out[49] = n + 1
-        _STAMP.pack_into(out, _STAMPS_OFFSET + n * _STAMP.size, _SEND,
-                         time.monotonic_ns() if ns is None else ns)
+    _add_stamp(out, _SEND, ns)
     return out
 
 
