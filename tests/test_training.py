@@ -1,5 +1,7 @@
 """One training step on a tiny batch lowers the loss; clip batches have the promised shapes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,17 @@ def test_plain_baseline_recipe_composes_to_the_issue_size():
     params = sum(p.numel() for n, p in net.named_parameters() if n.startswith(("encoder", "neck", "aux_head")))
     assert 1.8e6 < params < 2.3e6  # the issue's baseline: about 2 M parameters
     assert cfg.train.diffusion is False and cfg.train.heads is False and cfg.model.temporal is False
+
+
+def test_the_training_seed_does_not_move_the_validation_split():
+    from endostream.cli import compose
+    from endostream.training.dataset import load_splits
+    from endostream.training.train import training_splits
+
+    root = Path(__file__).resolve().parents[2] / "shared/data"
+    if not (root / "kvasir-seg").is_dir():
+        pytest.skip(f"needs the data at {root} (see ../shared/data/README.md)")
+    cfg = compose("train", ["train.seed=3", f"data.root={root}"])
+    names = [s.name for s in training_splits(cfg, val_only=True).val]
+    assert names == [s.name for s in load_splits(cfg.data.root, val_only=True).val]  # what eval scores
+    assert len(names) > 90

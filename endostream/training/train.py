@@ -24,7 +24,7 @@ from endostream.model.io import load_weights, save_weights
 from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler
-from endostream.training.dataset import load_splits
+from endostream.training.dataset import Splits, load_splits
 from endostream.training.losses import (FrameDiscriminator, box_l1, dice_bce, discriminator_loss,
                                         generator_adv_loss)
 from endostream.training.validate import load_eval_items, validate
@@ -131,6 +131,17 @@ def init_from_weights(model: PolypNet, path: str | Path) -> dict:
     return meta
 
 
+def training_splits(cfg, val_only: bool = False) -> Splits:
+    """The training/validation split of a ``train`` config.
+
+    The split has its own seed (``data.split_seed``): a different training seed must not move
+    images between training and the validation split that ``endostream eval`` and the model
+    card score.
+    """
+    return load_splits(cfg.data.root, int(cfg.data.cache_size), seed=int(cfg.data.get("split_seed", 0)),
+                       val_only=val_only)
+
+
 def _lr_at(progress: float, step: int, base: float, warmup: int) -> float:
     warm = min(1.0, (step + 1) / max(1, warmup))
     return base * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
@@ -178,7 +189,7 @@ def run(cfg) -> int:
         print(f"encoder initialised from ImageNet weights {src.name}")
 
     t0 = time.time()
-    splits = load_splits(cfg.data.root, int(cfg.data.cache_size), seed=int(tc.seed))
+    splits = training_splits(cfg)
     val_items = load_eval_items(splits.val)
     print(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.negatives)} negatives "
           f"({time.time() - t0:.0f} s)")
