@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -43,10 +44,12 @@ VARIANTS = [
 ]
 
 
-def train_variant(name: str, overrides: list[str], steps: int, runs: Path, data: str) -> Path:
+def train_variant(name: str, overrides: list[str], steps: int, runs: Path, data: str, threads: int) -> Path:
     out = runs / name
+    # A short warm-up: the default 150 steps would take most of a short budget.
     cmd = [sys.executable, "-m", "endostream.cli", "train",
            f"train.out={out}", f"train.budget_steps={steps}", f"train.val_every_steps={max(1, steps // 4)}",
+           f"train.warmup_steps={max(1, steps // 10)}", f"train.threads={threads}",
            f"data.root={data}", "train.init_weights=null", *overrides]
     print("$", " ".join(cmd), flush=True)
     with open(runs / f"{name}.log", "a") as log:
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=240, help="training budget per variant, in steps of 16 images")
     ap.add_argument("--runs", default="runs/train_ablation")
     ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="variants trained at once, each with --threads / --parallel torch threads")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="out/train_ablation")
@@ -70,7 +75,11 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
-    trained = {name: train_variant(name, ov, args.steps, runs, args.data) for name, ov, _ in variants}
+    per_run = max(1, args.threads // max(1, args.parallel))
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        futures = {name: pool.submit(train_variant, name, ov, args.steps, runs, args.data, per_run)
+                   for name, ov, _ in variants}
+        trained = {name: f.result() for name, f in futures.items()}
 
     items = load_eval_items(load_splits(args.data, val_only=True).val)
     rows = []
