@@ -64,8 +64,21 @@ def test_onnxruntime_matches_torch_fp32(reference: list[np.ndarray]) -> None:
     got = run(seg, sequences())
     assert len(got) == len(reference) >= 4
     worst = max(float(np.abs(a - b).max()) for a, b in zip(got, reference))
-    # float32 rounding through the 16-block EfficientNet encoder and a temporal sequence: 1.6e-4 seen
-    assert worst < 5e-4, f"max abs prob difference {worst}"
+    agree = min(float(np.mean((a > 0.5) == (b > 0.5))) for a, b in zip(got, reference))
+    # With warm start each frame's mask feeds the next frame's denoiser, so float32 rounding grows
+    # along a sequence: fourth-generation weights, 2026-12-02: below 5e-5 for the first frames of
+    # each sequence, 1.6e-3 at the demo clip's third frame (about 100 pixels over 1e-4; at most
+    # one pixel per frame on the other side of 0.5). The decoder pass alone is held to 5e-5 below.
+    assert worst < 5e-3 and agree > 0.9999, f"max abs prob difference {worst}, mask agreement {agree}"
+
+
+def test_onnxruntime_matches_torch_decoder_pass() -> None:
+    """K=0 (the shipped default): no feedback between frames' masks, so a tight tolerance."""
+    seqs = sequences()
+    ref = run(load_segmenter(weights=str(WEIGHTS), backend="torch", steps=0, threads=1), seqs)
+    got = run(load_segmenter(weights=str(WEIGHTS), backend="onnxruntime", steps=0, threads=1), seqs)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(got, ref))
+    assert worst < 5e-5, f"max abs prob difference {worst}"  # 1e-5 seen
 
 
 def _gpu_parity(backend: str, reference: list[np.ndarray], tol: float, **options) -> None:
