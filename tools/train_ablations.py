@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from endostream.bench.report import machine
