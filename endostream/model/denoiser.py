@@ -39,9 +39,16 @@ class FiLMBlock(nn.Module):
         return x + torch.relu(self.conv(x) * (1.0 + scale) + shift)
 
 
+# Refinement inputs (fifth generation): the K=0 head's own mask (self-conditioning, as in Analog
+# Bits and SegRefiner's coarse-mask input) and the image at full resolution folded to stride 4
+# (pixel-unshuffle, 3 x 4 x 4 = 48 channels): the boundary detail the stride-4 features lost.
+REFINE_CHANNELS = 1 + 3 * 4 * 4
+
+
 class Denoiser(nn.Module):
     def __init__(self, feat_channels: int = 48, hidden: int = 32, t_dim: int = 64,
-                 dilations: tuple[int, ...] = (1, 2, 4), num_train_steps: int = 1000) -> None:
+                 dilations: tuple[int, ...] = (1, 2, 4), num_train_steps: int = 1000,
+                 refine_inputs: bool = False) -> None:
         super().__init__()
         self.t_dim = t_dim
         self.feat_channels = feat_channels
@@ -50,10 +57,27 @@ class Denoiser(nn.Module):
         self.inp = nn.Conv2d(feat_channels + 1, hidden, 3, padding=1)
         self.blocks = nn.ModuleList([FiLMBlock(hidden, t_dim, d) for d in dilations])
         self.out = nn.Conv2d(hidden, 1, 1)
+        # Zero-initialised, so a network from an earlier generation starts out unchanged.
+        self.refine = nn.Conv2d(REFINE_CHANNELS, hidden, 3, padding=1, bias=False) if refine_inputs else None
+        if self.refine is not None:
+            nn.init.zeros_(self.refine.weight)
 
-    def condition(self, feat: torch.Tensor) -> torch.Tensor:
-        """Once per frame: feat (B, F, H, W) -> the feature half of the first convolution (B, hidden, H, W)."""
-        return F.conv2d(feat, self.inp.weight[:, :self.feat_channels], self.inp.bias, padding=1)
+    def condition(self, feat: torch.Tensor, coarse_logits: torch.Tensor | None = None,
+                  image: torch.Tensor | None = None) -> torch.Tensor:
+        """Once per frame: feat (B, F, H, W) -> the feature half of the first convolution (B, hidden, H, W).
+
+        With refinement inputs, the K=0 mask's probability (B, 1, H, W) and the image (B, 3, 4H, 4W)
+        are added here, still once per frame, so each step's cost and signature do not change.
+        The coarse mask is detached: the K=0 head learns from its own loss only and the steps
+        learn to correct it."""
+        cond = F.conv2d(feat, self.inp.weight[:, :self.feat_channels], self.inp.bias, padding=1)
+        if self.refine is None:
+            return cond
+        if coarse_logits is None or image is None:
+            raise ValueError("this denoiser needs the coarse mask and the image (refine_inputs=True)")
+        extra = torch.cat([torch.sigmoid(coarse_logits.detach()).to(cond.dtype),
+                           F.pixel_unshuffle(image.to(cond.dtype), 4)], dim=1)
+        return cond + self.refine(extra)
 
     def step(self, cond: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """cond from ``condition``; noisy_mask (B, 1, H, W) in signal space; t (B,) float -> logits (B, 1, H, W)."""

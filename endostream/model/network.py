@@ -30,6 +30,9 @@ class NetConfig:
     num_train_steps: int = 1000
     mask_scale: float = 1.0
     temporal: bool = True  # False removes the temporal module (ablation)
+    # True: the denoiser also sees the K=0 mask and the full-resolution image (fifth generation);
+    # False keeps earlier generations' files loading unchanged.
+    refine_inputs: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -91,7 +94,8 @@ class PolypNet(nn.Module):
         self.neck = Neck(c, widths)
         self.aux_head = nn.Conv2d(c.feat_channels, 1, 1)
         self.heads = GlobalHeads(widths[3])
-        self.denoiser = Denoiser(c.feat_channels, c.denoiser_hidden, num_train_steps=c.num_train_steps)
+        self.denoiser = Denoiser(c.feat_channels, c.denoiser_hidden, num_train_steps=c.num_train_steps,
+                                 refine_inputs=c.refine_inputs)
         # Training-only generator of the Diff-VPS auxiliary task (not exported).
         self.frame_predictor = FramePredictor(c.neck_channels) if c.temporal else None
 
@@ -108,8 +112,9 @@ class PolypNet(nn.Module):
         feats = self.encoder(image)
         feat, memory_out = self.neck(feats, memory, valid)
         presence_logit, box = self.heads(feats[3])
-        return {"feat": self.denoiser.condition(feat), "aux_logits": self.aux_head(feat), "presence_logit": presence_logit,
-                "box": box, "memory_out": memory_out}
+        aux_logits = self.aux_head(feat)
+        return {"feat": self.denoiser.condition(feat, aux_logits, image), "aux_logits": aux_logits,
+                "presence_logit": presence_logit, "box": box, "memory_out": memory_out}
 
     def denoise(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.denoiser.step(feat, noisy_mask, t)

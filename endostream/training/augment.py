@@ -27,6 +27,9 @@ def build_augment(size: int, frames: int) -> A.Compose:
             A.VerticalFlip(p=0.5),
             A.RandomResizedCrop(size=(size, size), scale=(0.45, 1.0), ratio=(0.75, 1.33), p=1.0),
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.35, hue=0.06, p=0.8),
+            # other endoscopes: white-balance casts and low-resolution sensors scaled up
+            A.RGBShift(r_shift_limit=(-25, 25), g_shift_limit=(-15, 15), b_shift_limit=(-25, 25), p=0.3),
+            A.Downscale(scale_range=(0.35, 0.8), p=0.2),
             A.RandomGamma(gamma_limit=(70, 150), p=0.3),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7))], p=0.3),
             A.GaussNoise(std_range=(0.02, 0.08), p=0.2),

@@ -14,6 +14,7 @@ import numpy as np
 
 from endostream.training.augment import build_augment, camera_motion, warp
 from endostream.training.dataset import Sample
+from endostream.training.endoscope_look import apply_look, draw_look
 
 
 @dataclass
@@ -51,8 +52,9 @@ def negative_crop(sample: Sample, rng: np.random.Generator) -> Sample | None:
 
 class ClipSampler:
     def __init__(self, train: list[Sample], negatives: list[Sample], *, size: int, past: int,
-                 negative_p: float = 0.12, seed: int = 0) -> None:
+                 negative_p: float = 0.12, seed: int = 0, look_p: float = 0.0) -> None:
         self.train, self.negatives = train, negatives
+        self.look_p = look_p  # scales the other-endoscope looks (endoscope_look.py); 0 = none
         self.size, self.past, self.negative_p = size, past, negative_p
         self.rng = np.random.default_rng(seed)
         self.augment = build_augment(size, past + 1)
@@ -97,6 +99,9 @@ class ClipSampler:
                 kw[f"image{j + 1}"], kw[f"mask{j + 1}"] = frames[j]
             out = self.augment(**kw)
             seq = [(out[f"image{j + 1}"], out[f"mask{j + 1}"]) for j in range(T)] + [(out["image"], out["mask"])]
+            if self.look_p > 0:
+                look = draw_look(self.rng, S, self.look_p)
+                seq = [apply_look(img, m, look) for img, m in seq]
             for j, (img, m) in enumerate(seq):
                 images[b, j] = img[:, :, ::-1].transpose(2, 0, 1) * (1 / 127.5) - 1.0
                 masks[b, j, 0] = m

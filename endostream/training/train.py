@@ -35,11 +35,14 @@ DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv
 def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer | None, batch: ClipBatch, sched: MaskScheduler, *,
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
-               diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None) -> dict[str, float]:
+               diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
+               timesteps: str = "uniform", second_step_p: float = 0.4) -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
-    decoder pass, as in the issue's discriminative baseline recipe."""
+    decoder pass, as in the issue's discriminative baseline recipe. ``timesteps="sampler"`` trains
+    the denoiser only where the K<=2 sampler runs it (``_sampler_noisy_mask``); "uniform" noises the
+    ground truth at any timestep (the first four generations)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     model.train()
     imgs = torch.from_numpy(batch.images)
@@ -64,7 +67,11 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
 
     with amp:
         out = model.encode_frame(cur, memory, valid)
-    if diffusion:
+    if diffusion and timesteps == "sampler":
+        x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen)
+        with amp:
+            out["logits"] = model.denoise(out["feat"], x_t, t.float())
+    elif diffusion:
         x_t, t = _noisy_mask(masks, valid, sched, prev_mask_p, gen)
         with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
@@ -119,15 +126,42 @@ def _noisy_mask(masks: torch.Tensor, valid: torch.Tensor, sched: MaskScheduler, 
     return sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t), t
 
 
+def _sampler_noisy_mask(model: PolypNet, cond: torch.Tensor, sched: MaskScheduler, second_step_p: float,
+                        gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs the K=1 and K=2 samplers really give the denoiser (DDP's self-aligned training):
+    pure noise at the first timestep (999) and, for a share ``second_step_p`` of samples, the
+    second timestep's sample built by the same DDIM update from the model's OWN first estimate
+    (no gradient through it), not from noised ground truth. Returns (x_t, t)."""
+    b, _, h, w = cond.shape
+    steps = MaskScheduler(sched.num_train_steps, sched.scale)
+    first, second = steps.set_timesteps(2)
+    noise = torch.randn((b, 1, h, w), generator=gen)
+    t = torch.full((b,), first, dtype=torch.long)
+    use_second = torch.rand(b, generator=gen) < second_step_p
+    if bool(use_second.any()):
+        with torch.no_grad():
+            x0_logits = model.denoise(cond.detach(), noise, t.float()).float()
+        x_second, _ = steps.step(x0_logits, first, noise)
+        noise = torch.where(use_second.view(b, 1, 1, 1), x_second, noise)
+        t = torch.where(use_second, torch.full_like(t, second), t)
+    return noise, t
+
+
 def init_from_weights(model: PolypNet, path: str | Path) -> dict:
     """Load an earlier run's weights into ``model`` strictly; returns their metadata.
 
     Every layer is size-agnostic (convolutions, pooling, resizes), so only the input size may
     differ: that is how a network trained at 256 is fine-tuned at 320."""
     init, meta = load_weights(path)
-    if {**init.cfg.to_dict(), "input_size": 0} != {**model.cfg.to_dict(), "input_size": 0}:
-        raise ValueError(f"init_weights {path}: its network config differs from model.* (only model.input_size may change)")
-    model.load_state_dict(init.state_dict(), strict=True)
+    free = {"input_size": 0, "refine_inputs": False}
+    if {**init.cfg.to_dict(), **free} != {**model.cfg.to_dict(), **free}:
+        raise ValueError(f"init_weights {path}: its network config differs from model.* "
+                         "(only model.input_size and model.refine_inputs may change)")
+    missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+    # Adding refinement inputs adds one zero-initialised convolution; nothing else may be missing.
+    stray = [k for k in missing if not k.startswith("denoiser.refine.")] + list(unexpected)
+    if stray:
+        raise ValueError(f"init_weights {path}: keys do not match the network: {stray[:5]}")
     return meta
 
 
@@ -199,7 +233,8 @@ def run(cfg) -> int:
     # convolutional network serves any of them; validation and export use model.input_size.
     sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
     samplers = {(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
-                                          negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size)
+                                          negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size,
+                                          look_p=float(tc.get("look_p", 0.0)))
                 for size in sizes for past in (0, int(tc.past_frames))}
     clip_p = float(tc.get("clip_p", 1.0))
     pick = np.random.default_rng(int(tc.seed) + step)
@@ -240,7 +275,9 @@ def run(cfg) -> int:
         pending = prefetch.submit(next_batch)
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
-                            diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen)
+                            diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
+                            timesteps=str(tc.get("timesteps", "uniform")),
+                            second_step_p=float(tc.get("second_step_p", 0.4)))
         dt = time.time() - ts
         elapsed += dt
         step += 1
@@ -251,7 +288,9 @@ def run(cfg) -> int:
                else elapsed - last_val >= float(tc.val_every_minutes) * 60)
         if due or done:
             last_val = elapsed
-            v = validate(model, val_items, steps=int(tc.val_steps), threads=int(tc.threads))
+            v = validate(model, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
+            if int(tc.val_steps) != 0:  # the K=0 figure of the same weights, the ship rule's baseline
+                v["k0_mean_dice"] = validate(model, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
             bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
             if v["mean_dice"] > best:
