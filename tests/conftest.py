@@ -19,6 +19,27 @@ REPO = Path(__file__).resolve().parent.parent
 # Low thread counts: the suite must not fight a training job (or each other) for cores.
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 CONSUME_FAST = ["model.threads=1", "log_level=INFO"]
+# The real data lives beside the project (../shared/data, see its README); never in the repo.
+DATA_ROOT = REPO.parent / "shared" / "data"
+# In CI the data must be there: a test that needs it fails instead of skipping silently.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need_data(relative: str = "") -> Path:
+    """``DATA_ROOT / relative``; skips the test when it is missing, fails under ``CI=true``."""
+    path = DATA_ROOT / relative
+    if not path.exists():
+        msg = f"real data not found at {path} (see ../shared/data/README.md)"
+        if IN_CI:
+            pytest.fail(msg + "; CI=true requires it", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data folder (../shared/data); see ``need_data`` for what happens without it."""
+    return need_data()
 
 
 def free_endpoint() -> str:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import (CONSUME_FAST, cli, count_video_frames, free_endpoint, make_clip, read_rows,
-                      summary, wait_consumer_ready)
+from conftest import (CONSUME_FAST, DATA_ROOT, cli, count_video_frames, free_endpoint, make_clip, need_data,
+                      read_rows, summary, wait_consumer_ready)
 from endostream.consumer.app import Controls, MaskResult, OverlayStage, dice, read_journal
 from endostream.consumer.overlay import HudInfo
 from endostream.types import Frame, Prediction
 
-LAPAROSCOPY = Path(__file__).resolve().parent.parent.parent / "shared/data/laparoscopy/endovis2017-sample/short_source.mp4"
+LAPAROSCOPY = DATA_ROOT / "laparoscopy/endovis2017-sample/short_source.mp4"
 
 
 def test_live_slow_consumer_drops_frames_but_shows_every_received_one(tmp_path, procs, clip_dir):
@@ -78,8 +77,8 @@ def test_lossless_delivers_every_seq_once_in_order(tmp_path, procs, clip_dir):
     assert stamps == sorted(stamps), "stage stamps must follow the pipeline order"
 
 
-@pytest.mark.skipif(not LAPAROSCOPY.is_file(), reason="laparoscopy sample data not present")
 def test_laparoscopy_clip_lossless_records_all_20_frames_and_paints_no_polyp(tmp_path, procs):
+    need_data("laparoscopy/endovis2017-sample/short_source.mp4")
     """The exact commands of docs/CONSUMER.md: 1920x1080 laparoscopy, lossless, to an MP4."""
     ep, out = free_endpoint(), tmp_path / "lap"
     con = procs(cli("consume", "transport.mode=lossless", f"transport.endpoint={ep}", f"out={out}",

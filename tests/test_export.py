@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import need_data
+
 from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS,
                                           check_artifacts, graph_paths)
 
@@ -150,8 +152,7 @@ def test_fp16_graphs_run_in_onnxruntime_cpu_close_to_fp32(exported_fp16) -> None
     paths16 = graph_paths(out / WEIGHTS.name, precision="fp16")
     b32 = OrtBackend(paths32["encode"], paths32["denoise"], side32["config"], threads=1)
     b16 = OrtBackend(paths16["encode"], paths16["denoise"], side16["config"], threads=1, sidecar=side16)
-    img = cv2.imread("/work/shared/data/cvc-clinicdb/images/1.png")
-    assert img is not None, "ClinicDB frame 1 missing (see /work/shared/data/README)"
+    img = cv2.imread(str(need_data("cvc-clinicdb/images/1.png")))
     x = to_input(img, S, find_fov(img))
     mem = np.zeros((1, 2, 64, S // 16, S // 16), np.float32)
     valid = np.zeros((1, 2), np.float32)

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DATA_ROOT, need_data
 from endostream.inference.segmenter import Segmenter, load_segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights" / "polyp.pt"
-DATA = Path("/work/shared/data")
+DATA = DATA_ROOT
 CLIP = ROOT / "assets" / "demo" / "clinicdb_demo.mp4"
 
 
@@ -39,9 +40,9 @@ def clip_frames(n: int = 4) -> list[np.ndarray]:
 
 
 def sequences() -> list[list[np.ndarray]]:
+    need_data("cvc-clinicdb/images")
+    need_data("kvasir-seg/images")
     seqs = [s for s in (clinicdb_sequence(), kvasir_frames(), clip_frames()) if s]
-    if not seqs:
-        pytest.skip("no real frames (data/ and the demo clip are absent)")
     return seqs
 
 

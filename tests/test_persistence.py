@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import need_data
+
 from endostream.consumer.persistence import PersistenceFilter, StreamFilters
 
 
@@ -73,9 +75,7 @@ def test_live_inference_holds_back_an_unconfirmed_detection() -> None:
     from endostream.types import Frame
 
     root = Path(__file__).resolve().parents[1]
-    path = root.parent / "shared" / "data" / "cvc-clinicdb" / "images" / "1.png"
-    if not path.is_file():
-        pytest.skip(f"real data not found at {path}")
+    path = need_data("cvc-clinicdb/images/1.png")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     spec = modality_spec(OmegaConf.load(config_dir() / "modality" / "colonoscopy.yaml"))
     router = ModelRouter(spec, {"weights": str(root / "weights" / "polyp.pt"), "backend": "onnxruntime",

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DATA_ROOT
 from endostream.cli import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _write_inputs(folder: Path) -> dict[str, tuple[int, int]]:
@@ -18,7 +18,7 @@ def _write_inputs(folder: Path) -> dict[str, tuple[int, int]]:
     for name, (h, w) in sizes.items():
         img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
         cv2.imwrite(str(folder / name), img)
-    kv = DATA / "kvasir-seg" / "images"
+    kv = DATA_ROOT / "kvasir-seg" / "images"
     if kv.is_dir():
         real = sorted(kv.glob("*.jpg"))[0]
         img = cv2.imread(str(real))

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DATA_ROOT, need_data
+
 from endostream.capture.sources import SourceError, natural_key, open_source
 
-CLINICDB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cvc-clinicdb"
+CLINICDB = DATA_ROOT / "cvc-clinicdb"
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo" / "clinicdb_demo.mp4"
 
 
@@ -114,9 +116,8 @@ def test_image_folder_natural_order_with_mask_folder(tmp_path):
     assert sorted(["10.png", "2.png", "1.png"], key=natural_key) == ["1.png", "2.png", "10.png"]
 
 
-@pytest.mark.skipif(not (CLINICDB / "sequences.csv").exists(),
-                    reason=f"CVC-ClinicDB not found at {CLINICDB} (see ../shared/data/README.md)")
 def test_clinicdb_sequence_list_with_masks():
+    need_data("cvc-clinicdb/sequences.csv")
     frames = list(open_source(f"{CLINICDB / 'sequences.csv'}?sequence=23"))
     same = list(open_source(str(CLINICDB / "sequences.csv"), sequences=[23]))
     assert len(frames) == len(same) == 12

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import need_data
+
 from endostream.model.io import save_weights
 from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
@@ -106,9 +108,7 @@ def test_the_training_seed_does_not_move_the_validation_split():
     from endostream.training.dataset import load_splits
     from endostream.training.train import training_splits
 
-    root = Path(__file__).resolve().parents[2] / "shared/data"
-    if not (root / "kvasir-seg").is_dir():
-        pytest.skip(f"needs the data at {root} (see ../shared/data/README.md)")
+    root = need_data("kvasir-seg").parent
     cfg = compose("train", ["train.seed=3", f"data.root={root}"])
     names = [s.name for s in training_splits(cfg, val_only=True).val]
     assert names == [s.name for s in load_splits(cfg.data.root, val_only=True).val]  # what eval scores
