@@ -24,7 +24,7 @@ import pytest
 from conftest import ENV, REPO, cli, wait_for
 from endostream.capture.producer import StopSignals, run_producer
 from endostream.capture.sources import SourceError, open_source
-from endostream.protocol.transport import LiveReceiver, LiveSender
+from endostream.protocol.live import LiveReceiver, LiveSender
 
 FFMPEG = shutil.which("ffmpeg")
 SYSTEM_PYTHON = "/usr/bin/python3"

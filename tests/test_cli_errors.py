@@ -147,7 +147,7 @@ def test_predict_one_image_file(tmp_path, capsys):
 
 def test_port_check_agrees_with_the_transport():
     from endostream.consumer.ports import default_endpoint
-    from endostream.protocol.transport import resolve_endpoint
+    from endostream.protocol.factory import resolve_endpoint
 
     for tcfg in ({"mode": "live", "endpoint": None}, {"mode": "lossless", "endpoint": None},
                  {"mode": "live", "endpoint": "tcp://127.0.0.1:7001"}):

@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from endostream.protocol import wire
-from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol.live import LiveReceiver, LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
 from endostream.protocol.wire import EndOfStream
 

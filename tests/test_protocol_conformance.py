@@ -235,7 +235,8 @@ def _replay(mode: str, messages: list[list[bytes]]) -> tuple[list, object]:
     """Send messages one at a time over one real connection; what the receiver delivered."""
     import zmq
 
-    from endostream.protocol.transport import LiveReceiver, LosslessReceiver
+    from endostream.protocol.live import LiveReceiver
+    from endostream.protocol.lossless_receiver import LosslessReceiver
 
     rx = (LiveReceiver if mode == "live" else LosslessReceiver)("tcp://127.0.0.1:*")
     sock = zmq.Context.instance().socket(zmq.PUB if mode == "live" else zmq.DEALER)

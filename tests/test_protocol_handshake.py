@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from endostream.protocol import security
-from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol.live import LiveReceiver, LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import zmq
 
 from endostream.protocol import wire
-from endostream.protocol.transport import LiveReceiver, RateLimitedLog
+from endostream.protocol.live import LiveReceiver
+from endostream.protocol.ratelog import RateLimitedLog
 from endostream.types import Frame
 
 ANY_TCP = "tcp://127.0.0.1:*"
@@ -43,7 +44,7 @@ def test_receiver_counts_rejects_and_stale_by_reason(caplog):
     epoch = 5
     good = [bytes(p) for p in wire.encode_frame(
         Frame(0, 10, 1, np.zeros((8, 8, 3), np.uint8)), epoch=epoch)]
-    with caplog.at_level(logging.INFO, logger="endostream.protocol.transport"), \
+    with caplog.at_level(logging.INFO, logger="endostream.protocol.sockets"), \
             LiveReceiver(ANY_TCP, rcvhwm=1000) as rx:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.sndhwm = 1000

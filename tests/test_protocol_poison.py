@@ -16,7 +16,9 @@ import pytest
 import zmq
 
 from endostream.protocol import wire
-from endostream.protocol.transport import LiveReceiver, LosslessReceiver, LosslessSender
+from endostream.protocol.live import LiveReceiver
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.protocol.wire import EndOfStream, FrameMessage
 from endostream.types import Frame
 

@@ -7,7 +7,9 @@ import time
 import numpy as np
 
 from endostream.protocol import wire
-from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol.live import LiveReceiver, LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.protocol.wire import EndOfStream, FrameMessage, SourceLost
 from endostream.types import Frame
 

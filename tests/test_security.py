@@ -15,7 +15,9 @@ import zmq
 from omegaconf import OmegaConf
 
 from endostream.protocol import security
-from endostream.protocol.transport import LiveReceiver, LiveSender, LosslessReceiver, LosslessSender
+from endostream.protocol.live import LiveReceiver, LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
 
 PATTERN = bytes(range(256)) * 48  # 48x64x4... recognisable bytes, easy to find on the wire

@@ -119,7 +119,7 @@ def test_kill_and_restart_producer_status_cards_page_and_recording(tmp_path, pro
 def test_source_lost_report_is_no_signal_at_once(tmp_path, procs):
     """The producer says its camera stopped (wire kind source-lost): the consumer shows NO
     SIGNAL without waiting for no_signal_after_ms (here 30 s), and live again on the next frame."""
-    from endostream.protocol.transport import LiveSender
+    from endostream.protocol.live import LiveSender
     from endostream.types import Frame
 
     ep, port = free_endpoint(), _free_port()

@@ -11,8 +11,11 @@ import pytest
 import zmq
 
 from endostream.protocol import wire
-from endostream.protocol.transport import (LiveReceiver, LiveSender, LosslessReceiver, LosslessSender,
-                                  check_bind_endpoint, open_receiver, open_sender)
+from endostream.protocol.factory import open_receiver, open_sender
+from endostream.protocol.live import LiveReceiver, LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
+from endostream.protocol.sockets import check_bind_endpoint
 from endostream.types import Frame
 from endostream.protocol.wire import EndOfStream, FrameMessage
 
@@ -388,8 +391,9 @@ def test_raw_payload_travels_as_its_own_part():
 _FAULTS_SCRIPT = r"""
 import resource, sys, threading
 import numpy as np
-from endostream.protocol import transport
-from endostream.protocol.transport import LosslessReceiver, LosslessSender
+from endostream.protocol import memory
+from endostream.protocol.lossless_receiver import LosslessReceiver
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.protocol.wire import EndOfStream
 from endostream.types import Frame
 
@@ -415,14 +419,14 @@ with LosslessReceiver("tcp://127.0.0.1:*", retain_buffers=sys.argv[1] == "1") as
         if n == 100:
             f0 = faults()
     t.join()
-    print(transport._buffers_retained, (faults() - f0) / 300)
+    print(memory._buffers_retained, (faults() - f0) / 300)
 """
 
 
 def test_receivers_reuse_frame_buffers_instead_of_faulting_them_in():
     """libzmq mallocs every received frame; with glibc's defaults those buffers go back to
     the kernel and every frame page-faults (and zeroes) its buffer again. A receiver makes
-    the process keep them (transport.retain_frame_buffers)."""
+    the process keep them (protocol.memory.retain_frame_buffers)."""
     import os
     import subprocess
     import sys

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from endostream.protocol.transport import LiveReceiver
+from endostream.protocol.live import LiveReceiver
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from conftest import cli, free_endpoint
 from endostream.capture.producer import run_producer
-from endostream.protocol.transport import LiveSender, LosslessReceiver
+from endostream.protocol.live import LiveSender
+from endostream.protocol.lossless_receiver import LosslessReceiver
 from endostream.types import Frame
 from endostream.protocol.wire import EndOfStream, FrameMessage
 

@@ -42,7 +42,8 @@ def test_image(width: int, height: int) -> np.ndarray:
 
 def _produce_endostream(mode: str, endpoint: str, width: int, height: int, codec: str, n: int,
                         window: int, pace_fps: float | None) -> None:
-    from endostream.protocol.transport import LiveSender, LosslessSender
+    from endostream.protocol.live import LiveSender
+    from endostream.protocol.lossless_sender import LosslessSender
     from endostream.types import Frame
 
     img = test_image(width, height)
@@ -109,7 +110,8 @@ def _stats(lat_ns: list[int], captured_ns: list[int], arrived_ns: list[int], sen
 
 def run_endostream(mode: str, width: int, height: int, codec: str, n: int, *, window: int = 32,
                    pace_fps: float | None = None) -> dict:
-    from endostream.protocol.transport import LiveReceiver, LosslessReceiver
+    from endostream.protocol.live import LiveReceiver
+    from endostream.protocol.lossless_receiver import LosslessReceiver
     from endostream.protocol.wire import EndOfStream
 
     rx = LosslessReceiver("tcp://127.0.0.1:*") if mode == "lossless" else \
@@ -189,7 +191,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--out", default="out/bench_transport.json")
     args = ap.parse_args()
-    from endostream.protocol.transport import retain_frame_buffers
+    from endostream.protocol.memory import retain_frame_buffers
 
     # Every consumer below runs in this process. Endostream's receivers make it keep freed
     # frame buffers (no page faults per received frame); do it up front so imagezmq's hub

@@ -146,7 +146,7 @@ def _clock(cfg: Any) -> dict[str, Any]:
     import zmq
 
     from endostream.protocol.security import secure_client
-    from endostream.protocol.transport import security_keys
+    from endostream.protocol.factory import security_keys
 
     keys = security_keys(cfg.transport.get("security"), server=False)
     with zmq.Context() as ctx, ctx.socket(zmq.REQ) as s:
@@ -164,7 +164,8 @@ def _serve_clock(cfg: Any) -> int:
     import zmq
 
     from endostream.protocol.security import secure_server, start_auth, stop_auth
-    from endostream.protocol.transport import check_bind_endpoint, security_keys
+    from endostream.protocol.factory import security_keys
+    from endostream.protocol.sockets import check_bind_endpoint
 
     bind = str(cfg.clock.bind)
     check_bind_endpoint(bind, allow_remote=bool(cfg.transport.get("allow_remote", False)))

@@ -66,7 +66,7 @@ def _producer_main(args: dict[str, Any], results: Any) -> None:
     """Child process: open the source, connect, send ``count`` frames, report counts."""
     from endostream.bench.source import open_frames
     from endostream.capture.producer import run_producer
-    from endostream.protocol.transport import open_sender
+    from endostream.protocol.factory import open_sender
 
     try:
         frames = open_frames(args["source"], args["synthetic"], count=args["count"],
@@ -138,7 +138,8 @@ def _transport_block(cfg: Any) -> dict[str, Any]:
 
 def run_transport(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     """Producer(s) -> receiver, no model: what the wire and the sockets cost."""
-    from endostream.protocol.transport import LiveReceiver, open_receiver
+    from endostream.protocol.factory import open_receiver
+    from endostream.protocol.live import LiveReceiver
     from endostream.protocol.wire import EndOfStream
 
     tb = _transport_block(cfg)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from endostream.capture.errors import SourceError
+
 log = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp", "http", "https")
@@ -167,8 +169,6 @@ class LiveFeed:
             self._cond.notify()
 
     def _run(self) -> None:
-        from endostream.capture.sources import SourceError
-
         backoff, lost_at, attempts, last_note = self.min_backoff_s, None, 0, 0.0
         while not self._stop.is_set():
             try:

@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TextIO
 
-from endostream.protocol.transport import LiveSender, LosslessSender, open_sender
+from endostream.capture.sources import FrameSource, SourceError, open_source
+from endostream.protocol.factory import open_sender
+from endostream.protocol.live import LiveSender
+from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)
@@ -136,8 +139,6 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     ``stop``: a stop request ends the loop early; end-of-stream is still sent.
     A source that fails (``SourceError``) is reported to the consumer as lost, not ended.
     """
-    from endostream.capture.sources import FrameSource, SourceError
-
     lossless = isinstance(sender, LosslessSender)
     streams: set[int] = set(stream_ids)
     source_stats = getattr(frames, "stats", None)
@@ -242,7 +243,6 @@ def run(cfg) -> int:
     from omegaconf import OmegaConf
 
     OmegaConf.set_readonly(cfg, False)
-    from endostream.capture.sources import open_source
 
     kw = _source_kwargs(cfg)
     progress = Progress()

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from endostream.capture.errors import SourceError
 from endostream.capture.jitter import JitterBuffer
 from endostream.capture.network import LiveFeed, SourceStats, describe_error, ffmpeg_options, is_network
 from endostream.types import Frame
@@ -59,10 +60,6 @@ DEFAULT_FOLDER_FPS = 25.0  # image folders carry no rate; 25 fps is the PAL endo
 # Jitter buffer bound for live network streams: spreads bursts of up to 5 frames at 25 fps;
 # measured in docs/CAPTURE.md.
 DEFAULT_JITTER_MS = 200.0
-
-
-class SourceError(ValueError):
-    """A source cannot be opened or read; the message is one line naming what and why."""
 
 
 def natural_key(name: str) -> list[object]:

@@ -391,7 +391,7 @@ def _bind_receiver(tcfg: dict[str, Any]) -> Any:
     """Bind the transport; a taken or bad endpoint is a one-line :class:`StartupError`."""
     import zmq
 
-    from endostream.protocol.transport import open_receiver, resolve_endpoint
+    from endostream.protocol.factory import open_receiver, resolve_endpoint
 
     try:
         return open_receiver(tcfg)

@@ -305,7 +305,8 @@ class ZmqRepublishSink:
                  allow_remote: bool = False, configure: Callable[[Any], None] | None = None) -> None:
         import zmq
 
-        from endostream.protocol.transport import Publisher, security_keys
+        from endostream.protocol.factory import security_keys
+        from endostream.protocol.publisher import Publisher
 
         self.endpoint, self.jpeg_quality, self.send_mask = endpoint, int(jpeg_quality), bool(send_mask)
         self.frames_written = 0
@@ -328,7 +329,7 @@ class ZmqRepublishSink:
     def _configured(endpoint: str, hwm: int, allow_remote: bool, keys: Any,
                     configure: Callable[[Any], None]) -> Any:
         """A Publisher whose raw socket ``configure`` sees before it binds."""
-        from endostream.protocol.transport import Publisher
+        from endostream.protocol.publisher import Publisher
 
         class _Configured(Publisher):
             def _bind(self, ep: str, remote: bool, security: Any) -> None:
