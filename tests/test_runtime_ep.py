@@ -78,14 +78,16 @@ def test_auto_prefers_tensorrt_then_ort_gpu_providers_then_torch_cuda_then_cpu()
     assert choice(True, False, True, [CPU_EP], torch_cuda) == ("torch", "cuda") and asked
     assert choice(True, False, True, [CPU_EP], lambda: False) == ("onnxruntime", "cpu")
     assert choice(False, True, True, [TRT_EP, CUDA_EP, CPU_EP], torch_cuda) == ("onnxruntime", "cpu")
-    if not registry.has_nvidia_gpu():
-        assert registry.auto_backend() == ("onnxruntime", "cpu")
+    if not registry.has_nvidia_gpu():  # the CPU path: tests/test_cpu_paths.py
+        from endostream.runtime.cpu_caps import choose_cpu_path, has_openvino, probe
+
+        assert registry.auto_backend() == (choose_cpu_path(probe(), has_openvino())[0], "cpu")
 
 
 def test_options_a_backend_does_not_take() -> None:
     with pytest.raises(ValueError, match="takes no option cuda_graphs"):
         registry.create_backend("onnxruntime", WEIGHTS, cuda_graphs=True)
-    if not registry.has_nvidia_gpu():  # auto picks ORT CPU here and drops torch's options
+    if not registry.has_nvidia_gpu():  # auto picks a CPU path here and drops torch's options
         be = registry.create_backend("auto", WEIGHTS, threads=1, cuda_graphs=True, compile=False, max_batch=2,
                                      precision="bf16")
-        assert be.name == "onnxruntime"
+        assert be.name.split("-")[0] in ("onnxruntime", "openvino")

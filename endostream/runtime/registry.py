@@ -11,11 +11,12 @@ from typing import Any, Callable
 from endostream.fileutil import file_sha256
 from endostream.runtime.artifacts import cache_dir, check_artifacts, graph_paths
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # Options each backend takes; max_batch everywhere (torch and the ORT CPU/CUDA providers take any
 # batch, so there it only sizes the TensorRT EP's profile or nothing at all).
 OPTIONS = {"torch": {"precision", "cuda_graphs", "compile", "max_batch"},
            "onnxruntime": {"precision", "max_batch", "spin"},
+           "openvino": {"precision", "max_batch"},
            "tensorrt": {"precision", "cuda_graphs", "max_batch", "opt_batch", "engine_cache"}}
 
 
@@ -82,7 +83,12 @@ def auto_backend() -> tuple[str, str]:
         from endostream.runtime.ort_backend import available_providers
 
         providers = available_providers()
-    return auto_choice(gpu, has_module("tensorrt"), has_module("torch"), providers, torch_cuda)
+    choice = auto_choice(gpu, has_module("tensorrt"), has_module("torch"), providers, torch_cuda)
+    if choice == ("onnxruntime", "cpu"):  # no GPU: the fastest path this processor has
+        from endostream.runtime.cpu_caps import choose_cpu_path, has_openvino, probe
+
+        return choose_cpu_path(probe(), has_openvino())[0], "cpu"
+    return choice
 
 
 def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: str = "cpu",
@@ -100,7 +106,9 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
     if name == "auto":
         name, device = auto_backend()
         options = {k: v for k, v in options.items() if k in OPTIONS[name]}
-        if name != "torch" and options.get("precision") not in (None, "fp32", "fp16"):
+        if name == "openvino" and options.get("precision") not in (None, "fp32", "bf16"):
+            options.pop("precision")  # its own default (auto: bf16 where the CPU has the units)
+        elif name not in ("torch", "openvino") and options.get("precision") not in (None, "fp32", "fp16"):
             options.pop("precision")  # e.g. torch's bf16: the graph backends have fp32/fp16 only
     unknown = sorted(set(options) - OPTIONS.get(name, set(options)))
     if unknown:
@@ -119,6 +127,13 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
         paths, side = resolve_graphs(weights, precision)
         return OrtBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, device=device,
                           sidecar=side, **options)
+    if name == "openvino":
+        from endostream.runtime.openvino_backend import OpenVinoBackend
+
+        if device != "cpu":
+            raise ValueError(f"backend openvino runs on device=cpu only, got device={device!r}")
+        paths, side = resolve_graphs(weights)  # the float32 graphs; OpenVINO picks the arithmetic
+        return OpenVinoBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, **options)
     if name == "tensorrt":
         from endostream.runtime.trt_backend import TensorRTBackend, graph_precision, import_tensorrt
 

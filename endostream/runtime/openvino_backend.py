@@ -1,0 +1,123 @@
+"""OpenVINO backend: the exported ONNX graphs on the CPU, in bf16 where the processor has bf16
+units and float32 otherwise. No torch.
+
+Same graphs as ONNX Runtime (``polyp.encode.onnx``, ``polyp.denoise.onnx``): OpenVINO reads the
+ONNX file itself, and ``INFERENCE_PRECISION_HINT`` decides the arithmetic (weights and I/O stay
+float32; the plugin converts inside). ``precision``: ``auto`` (bf16 where ``cpu_caps`` finds the
+units and OpenVINO reports BF16, else f32), ``bf16`` (falls back to f32 with a warning where the
+units are absent, so a config written on one machine runs on another) or ``fp32``.
+
+One compiled model per batch size, compiled with a static shape on first use (a static batch-1
+graph runs faster than the dynamic one and the live worker sends batches 1..max_batch only).
+Each keeps one infer request; inputs and outputs are shared with numpy (no copy, no allocation
+per call), so an ``encode`` result stays valid only until the next ``encode`` call of that batch
+size (the Segmenter reads it before the next frame, like the CUDA-graph backends' buffers).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from endostream.runtime.artifacts import ENCODE_OUTPUTS
+from endostream.runtime.cpu_caps import CpuCaps, probe
+
+try:
+    import openvino as ov
+except ImportError:  # reported when the backend is asked for, not at start-up
+    ov = None
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+_OV_TYPE = {"bf16": "bf16", "fp32": "f32"}
+
+
+def resolve_precision(asked: str, caps: CpuCaps, ov_caps: list[str]) -> str:
+    """The precision that runs: ``asked`` where the processor (``caps``) and OpenVINO's CPU plugin
+    (``ov_caps``, its OPTIMIZATION_CAPABILITIES) both support it, else fp32. Pure."""
+    if asked not in PRECISIONS:
+        raise ValueError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    bf16_ok = caps.bf16 and "BF16" in ov_caps
+    if asked == "fp32" or (asked == "auto" and not bf16_ok):
+        return "fp32"
+    if not bf16_ok:
+        log.warning("openvino: bf16 asked but this CPU (%s) has no bf16 units (%s): running float32",
+                    caps.model, "flags forced" if caps.forced else "no avx512_bf16/amx_bf16")
+        return "fp32"
+    return "bf16"
+
+
+class _Graph:
+    """One ONNX graph, compiled per batch size, each with its own infer request."""
+
+    def __init__(self, core: Any, path: str | Path, config: dict[str, Any]) -> None:
+        self.core, self.config = core, config
+        self.model = core.read_model(str(path))
+        self.inputs = tuple(p.get_any_name() for p in self.model.inputs)
+        self.outputs = tuple(p.get_any_name() for p in self.model.outputs)
+        self._requests: dict[int, Any] = {}
+
+    def request(self, batch: int) -> Any:
+        req = self._requests.get(batch)
+        if req is None:
+            model = self.model.clone()
+            model.reshape({p.get_any_name(): [batch, *[d.get_length() for d in list(p.get_partial_shape())[1:]]]
+                           for p in model.inputs})
+            req = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            self._requests[batch] = req
+        return req
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = int(next(iter(feeds.values())).shape[0])
+        res = self.request(batch).infer(feeds, share_inputs=True, share_outputs=True)
+        return {name: res[name] for name in self.outputs}
+
+
+class OpenVinoBackend:
+    """Runs ``<stem>.encode.onnx`` and ``<stem>.denoise.onnx`` with OpenVINO on the CPU; returns
+    numpy float32 arrays (views of the request's output tensors)."""
+
+    def __init__(self, encode_path: str | Path, denoise_path: str | Path, config: dict[str, Any], *,
+                 threads: int = 2, precision: str = "auto", max_batch: int = 1,
+                 caps: CpuCaps | None = None) -> None:
+        if ov is None:
+            raise RuntimeError("openvino is not installed: pip install openvino")
+        core = ov.Core()
+        self.caps = caps if caps is not None else probe()
+        self.precision = resolve_precision(str(precision), self.caps,
+                                           list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        # One stream of ``threads`` threads: latency, not throughput (the live worker calls one
+        # frame batch at a time); explicit so the display path keeps its core.
+        props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision], "INFERENCE_NUM_THREADS": max(1, int(threads)),
+                 "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        self._encode = _Graph(core, encode_path, props)
+        self._denoise = _Graph(core, denoise_path, props)
+        self._encode.request(1)  # compile batch 1 now: a load error shows at start-up, not mid-stream
+        self.name = f"openvino-{self.precision}"
+        self.device = "cpu"
+        self.config = dict(config)
+        self.threads = int(threads)
+        self.max_batch = int(max_batch)
+
+    def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+        given = {"image": image, "memory": memory, "valid": valid}
+        out = self._encode.run({name: _f32(given[name]) for name in self._encode.inputs})
+        return {k: out[k] for k in ENCODE_OUTPUTS}
+
+    def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
+        feeds = {"feat": _f32(feat), "noisy_mask": _f32(noisy_mask), "t": _f32(np.asarray(t).reshape(-1))}
+        return self._denoise.run(feeds)["logits"]
+
+    def from_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+
+def _f32(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,125 @@
+"""CPU inference paths: the capability probe, the path ``auto`` picks from it (and its fallback
+on a CPU without bf16 units, forced through ENDOSTREAM_CPU_FLAGS), and each reduced-precision
+path against float32 on real validation frames with the shipped weights."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from endostream.runtime.cpu_caps import FLAGS_ENV, CpuCaps, choose_cpu_path, has_openvino, parse_cpuinfo, probe
+from tests.conftest import REPO, need_data
+
+WEIGHTS = REPO / "weights" / "polyp.pt"
+needs_openvino = pytest.mark.skipif(not has_openvino(), reason="openvino is not installed (pip install openvino)")
+
+
+def test_parse_cpuinfo_reads_the_first_processor() -> None:
+    text = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+            "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    model, flags = parse_cpuinfo(text)
+    assert model == "AMD EPYC 9R14"
+    assert flags == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+
+
+@pytest.mark.parametrize("flags, openvino, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, True, ("openvino", "bf16")),  # AMD Zen 4, Cooper Lake
+    ({"avx2", "amx_tile", "amx_bf16"}, True, ("openvino", "bf16")),  # Sapphire Rapids and later
+    ({"avx2", "avx512f", "avx512_vnni"}, True, ("onnxruntime", "fp32")),  # AVX-512 without bf16
+    ({"avx2", "fma"}, True, ("onnxruntime", "fp32")),  # AVX2 only
+    ({"avx512_bf16"}, False, ("onnxruntime", "fp32")),  # the units, but no OpenVINO installed
+])
+def test_choose_cpu_path(flags: set[str], openvino: bool, expected: tuple[str, str]) -> None:
+    assert choose_cpu_path(CpuCaps("cpu", frozenset(flags)), openvino) == expected
+
+
+def test_forced_flags_replace_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma")
+    caps = probe()
+    assert caps.forced and not caps.bf16 and caps.flags == {"avx2", "fma"}
+    assert caps.model  # the model name is still the processor's own
+
+
+@needs_openvino
+def test_without_bf16_units_auto_and_bf16_fall_back_to_float32(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from endostream.runtime.registry import create_backend
+
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f")
+    assert create_backend("auto", WEIGHTS, threads=1).name == "onnxruntime"
+    with caplog.at_level(logging.WARNING):
+        be = create_backend("openvino", WEIGHTS, threads=1, precision="bf16")
+    assert be.name == "openvino-fp32" and be.precision == "fp32"
+    assert "no bf16 units" in caplog.text
+    assert create_backend("openvino", WEIGHTS, threads=1, precision="auto").name == "openvino-fp32"
+
+
+@needs_openvino
+def test_auto_picks_bf16_where_the_cpu_has_the_units() -> None:
+    from endostream.runtime.registry import create_backend
+
+    if not probe().bf16:
+        pytest.skip(f"this CPU ({probe().model}) has no bf16 units (avx512_bf16/amx_bf16)")
+    assert create_backend("auto", WEIGHTS, threads=1).name == "openvino-bf16"
+
+
+def test_openvino_refuses_a_bad_precision_and_device() -> None:
+    from endostream.runtime.openvino_backend import resolve_precision
+    from endostream.runtime.registry import create_backend
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("int4", CpuCaps("cpu", frozenset()), ["FP32"])
+    with pytest.raises(ValueError, match="device=cpu only"):
+        create_backend("openvino", WEIGHTS, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def val_frames() -> list[np.ndarray]:
+    """Real validation frames of both sets (the training split's held-out part), 16 of each."""
+    need_data()
+    from tests.conftest import DATA_ROOT
+    from endostream.training.dataset import load_splits
+    import cv2
+
+    val = load_splits(DATA_ROOT, val_only=True).val
+    picked = [s for src in ("kvasir", "clinicdb") for s in [v for v in val if v.source == src][:16]]
+    assert len(picked) == 32, f"expected 16 validation frames of each set, got {len(picked)}"
+    return [cv2.imread(s.original_path, cv2.IMREAD_COLOR) for s in picked]
+
+
+def _masks(backend: str, frames: list[np.ndarray], **options: object) -> tuple[str, list[np.ndarray]]:
+    """The shipped K=0 mask of each frame on its own (memory reset: the stills are independent)."""
+    from endostream.inference.segmenter import load_segmenter
+
+    seg = load_segmenter(str(WEIGHTS), backend=backend, steps=0, threads=1, backend_options=options)
+    out = []
+    for image in frames:
+        seg.reset()
+        out.append(seg.segment(image, 0).mask.copy())
+    return seg.info["backend"], out
+
+
+REDUCED = {"openvino-bf16": ("openvino", {"precision": "bf16"})}
+
+
+@needs_openvino
+@pytest.mark.parametrize("path", sorted(REDUCED))
+def test_reduced_precision_mask_agrees_with_float32(path: str, val_frames: list[np.ndarray]) -> None:
+    backend, options = REDUCED[path]
+    if "bf16" in path and not probe().bf16:
+        pytest.skip(f"this CPU ({probe().model}) has no bf16 units (avx512_bf16/amx_bf16): {path} would run float32")
+    _, ref = _masks("onnxruntime", val_frames)
+    name, got = _masks(backend, val_frames, **options)
+    assert name == path
+    agree = np.mean([np.mean(a == b) for a, b in zip(ref, got)])
+    assert agree > 0.99, f"{path}: masks agree with float32 on {agree:.4%} of pixels"
+
+
+@needs_openvino
+def test_openvino_float32_matches_onnxruntime(val_frames: list[np.ndarray]) -> None:
+    _, ref = _masks("onnxruntime", val_frames[:4])
+    name, got = _masks("openvino", val_frames[:4], precision="fp32")
+    assert name == "openvino-fp32"
+    assert np.mean([np.mean(a == b) for a, b in zip(ref, got)]) > 0.9999
