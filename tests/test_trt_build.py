@@ -1,26 +1,26 @@
-"""TensorRT 10 and 11 build paths against fakes of the two Python APIs (no GPU, no TensorRT here).
+"""TensorRT 10 and 11 build paths against the stand-in of the two Python APIs
+(tests/tensorrt_standin.py; no GPU, no TensorRT here).
 
-The fakes mirror the documented API shape of each version, so a call the version lacks fails:
+The stand-in mirrors the documented API shape of each version, so a call the version lacks fails:
 TensorRT 11 has no ``BuilderFlag.FP16/INT8/BF16/OBEY_PRECISION_CONSTRAINTS``, no
 ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``, no ``ICudaEngine.device_memory_size``, and
 every network is strongly typed; TensorRT 10 networks are weakly typed unless created with
 ``STRONGLY_TYPED``, and a strongly typed build with a precision flag fails. The parser reads the
 real exported ONNX graphs (names, shapes, dtypes), and the builder checks the optimisation
-profile against them, as TensorRT does. The real TensorRT path has not run on this machine.
+profile against them, as TensorRT does. The run-time half is tested in tests/test_trt_runtime.py.
+The real TensorRT path has not run on this machine.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
-import onnx
 import pytest
 
+from tensorrt_standin import PRECISION_FLAGS, CudaStandIn, fake_tensorrt, read_plan
 from endostream.runtime import trt_backend
 from endostream.runtime.artifacts import check_artifacts, graph_paths
 
@@ -30,203 +30,6 @@ WEIGHTS = ROOT / "weights" / "polyp.pt"
 S = json.loads((ROOT / "weights" / "polyp.json").read_text())["config"]["input_size"]
 G = S // 4
 
-# BuilderFlag values as in the TensorRT 10 and 11 headers (11 dropped the weak-typing flags).
-FLAGS_10 = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5,
-            "TF32": 6, "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8, "OBEY_PRECISION_CONSTRAINTS": 9,
-            "PREFER_PRECISION_CONSTRAINTS": 10, "DIRECT_IO": 11, "REJECT_EMPTY_ALGORITHMS": 12,
-            "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14, "FP8": 15, "ERROR_ON_TIMING_CACHE_MISS": 16,
-            "BF16": 17, "DISABLE_COMPILATION_CACHE": 18, "STRIP_PLAN": 19, "REFIT_IDENTICAL": 20,
-            "WEIGHT_STREAMING": 21, "INT4": 22, "REFIT_INDIVIDUAL": 23, "STRICT_NANS": 24, "MONITOR_MEMORY": 25,
-            "FP4": 26, "EDITABLE_TIMING_CACHE": 27, "DISTRIBUTIVE_INDEPENDENCE": 28}
-FLAGS_11 = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7,
-            "SAFETY_SCOPE": 8, "DIRECT_IO": 11, "VERSION_COMPATIBLE": 12, "EXCLUDE_LEAN_RUNTIME": 13,
-            "ERROR_ON_TIMING_CACHE_MISS": 15, "DISABLE_COMPILATION_CACHE": 17, "STRIP_PLAN": 18,
-            "REFIT_IDENTICAL": 19, "WEIGHT_STREAMING": 20, "REFIT_INDIVIDUAL": 22, "STRICT_NANS": 23,
-            "MONITOR_MEMORY": 24, "EDITABLE_TIMING_CACHE": 26, "DISTRIBUTIVE_INDEPENDENCE": 27,
-            "REQUIRE_USER_ALLOCATION": 28}
-PRECISION_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4")
-ONNX_TO_TRT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF"}
-
-
-def fake_tensorrt(version: str) -> types.ModuleType:
-    """A module shaped like ``tensorrt`` ``version`` (10.x or 11.x) for the calls the build makes."""
-    major = int(version.split(".")[0])
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.builds = []  # every build_serialized_network call, for the tests
-    trt.BuilderFlag = enum.IntEnum("BuilderFlag", FLAGS_10 if major == 10 else FLAGS_11)
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
-        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if major == 10
-        else {"STRONGLY_TYPED": 0})  # 11: deprecated and ignored, always strongly typed
-    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1})
-    trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4})
-
-    class Logger:
-        WARNING, ERROR, INFO = 2, 1, 3
-
-        def __init__(self, severity: int = 2) -> None:
-            self.severity = severity
-
-    class Tensor:
-        def __init__(self, name: str, shape: tuple[int, ...], dtype: enum.IntEnum) -> None:
-            self.name, self.shape, self.dtype = name, shape, dtype
-
-    class Network:
-        def __init__(self, flags: int) -> None:
-            known = sum(1 << int(f) for f in trt.NetworkDefinitionCreationFlag)
-            if flags & ~known:
-                raise ValueError(f"unknown NetworkDefinitionCreationFlags {flags}")
-            strong_bit = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-            self.strongly_typed = major >= 11 or bool(flags & strong_bit)
-            self.inputs: list[Tensor] = []
-            self.outputs: list[Tensor] = []
-            self.half_weights = False
-
-        @property
-        def num_inputs(self) -> int:
-            return len(self.inputs)
-
-        def get_input(self, i: int) -> Tensor:
-            return self.inputs[i]
-
-    class OnnxParser:
-        def __init__(self, network: Network, logger: Logger) -> None:
-            self.network, self.errors = network, []
-
-        @property
-        def num_errors(self) -> int:
-            return len(self.errors)
-
-        def get_error(self, i: int) -> str:
-            return self.errors[i]
-
-        def parse(self, data: bytes) -> bool:
-            try:
-                model = onnx.load_from_string(data)
-            except Exception as exc:  # noqa: BLE001 - TensorRT reports parse errors, never raises
-                self.errors.append(f"ModelImporter: {exc}")
-                return False
-
-            def tensor(vi: onnx.ValueInfoProto) -> Tensor:
-                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
-                return Tensor(vi.name, dims, trt.DataType[ONNX_TO_TRT[vi.type.tensor_type.elem_type]])
-
-            self.network.inputs = [tensor(v) for v in model.graph.input]
-            self.network.outputs = [tensor(v) for v in model.graph.output]
-            self.network.half_weights = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-            return True
-
-    class TimingCache:
-        def __init__(self, blob: bytes) -> None:
-            if blob and json.loads(blob)["version"] != version:
-                raise RuntimeError(f"timing cache from TensorRT {json.loads(blob)['version']}, this is {version}")
-            self.blob = blob
-
-        def serialize(self) -> bytes:
-            return json.dumps({"version": version}).encode()
-
-    class Profile:
-        def __init__(self) -> None:
-            self.shapes: dict[str, tuple] = {}
-
-        def set_shape(self, name: str, min: tuple, opt: tuple, max: tuple) -> None:  # noqa: A002 - TensorRT's names
-            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
-
-    class BuilderConfig:
-        def __init__(self) -> None:
-            self.flags = {trt.BuilderFlag.TF32}  # on by default, as documented
-            self.pools: dict[int, int] = {}
-            self.profiles: list[Profile] = []
-            self.cache: TimingCache | None = None
-
-        def set_flag(self, flag: enum.IntEnum) -> None:
-            self.flags.add(trt.BuilderFlag(flag))
-
-        def clear_flag(self, flag: enum.IntEnum) -> None:
-            self.flags.discard(trt.BuilderFlag(flag))
-
-        def get_flag(self, flag: enum.IntEnum) -> bool:
-            return trt.BuilderFlag(flag) in self.flags
-
-        def set_memory_pool_limit(self, pool: enum.IntEnum, size: int) -> None:
-            self.pools[int(trt.MemoryPoolType(pool))] = int(size)
-
-        def create_timing_cache(self, blob: bytes) -> TimingCache:
-            return TimingCache(bytes(blob))
-
-        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self) -> TimingCache | None:
-            return self.cache
-
-        def add_optimization_profile(self, profile: Profile) -> int:
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
-
-    class Builder:
-        def __init__(self, logger: Logger) -> None:
-            self.logger = logger
-
-        def create_network(self, flags: int = 0) -> Network:
-            return Network(int(flags))
-
-        def create_builder_config(self) -> BuilderConfig:
-            return BuilderConfig()
-
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
-
-        def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes | None:
-            """Checks what TensorRT checks before it builds; None (not an exception) on failure."""
-            names = {f.name for f in config.flags}
-            if network.strongly_typed and names & set(PRECISION_FLAGS):
-                return None  # precision flags are not allowed on a strongly typed network
-            for inp in network.inputs:
-                if -1 not in inp.shape:
-                    continue
-                if not config.profiles or inp.name not in config.profiles[0].shapes:
-                    return None  # a dynamic input without a profile
-                for dims in config.profiles[0].shapes[inp.name]:
-                    if len(dims) != len(inp.shape) or any(d != s for d, s in zip(dims, inp.shape) if s != -1):
-                        return None
-                lo, opt, hi = config.profiles[0].shapes[inp.name]
-                if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-                    return None
-            half = network.half_weights or "FP16" in names
-            plan = {"version": version, "strongly_typed": network.strongly_typed, "flags": sorted(names),
-                    "fp16_kernels": half, "profile": {k: [list(x) for x in v] for k, v in config.profiles[0].shapes.items()},
-                    "io": {t.name: [list(t.shape), t.dtype.name] for t in (*network.inputs, *network.outputs)}}
-            trt.builds.append(plan)
-            return json.dumps(plan).encode()
-
-    class Engine:
-        def __init__(self, plan: dict) -> None:
-            self.plan, self._names = plan, list(plan["io"])
-            if major == 10:  # removed in 11 (with device_memory_size_v2)
-                self.device_memory_size = 1 << 20
-
-        @property
-        def num_io_tensors(self) -> int:
-            return len(self._names)
-
-        def get_tensor_name(self, i: int) -> str:
-            return self._names[i]
-
-        def get_tensor_dtype(self, name: str) -> enum.IntEnum:
-            return trt.DataType[self.plan["io"][name][1]]
-
-    class Runtime:
-        def __init__(self, logger: Logger) -> None:
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-            plan = json.loads(data)
-            return Engine(plan) if plan.get("version") == version else None
-
-    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    return trt
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +47,7 @@ def graphs(tmp_path_factory) -> dict[str, dict[str, Path]]:
 def _build(trt, graphs, precision: str, tmp_path: Path, part: str = "encode", max_batch: int = 8, opt: int = 4) -> dict:
     onnx_path = graphs[trt_backend.graph_precision(trt, precision)][part]
     plan = trt_backend.build_engine(trt, onnx_path, precision, max_batch, opt, tmp_path / "timing.cache")
-    return json.loads(plan)
+    return read_plan(plan)
 
 
 def test_trt10_fp16_reads_the_fp32_graph_and_sets_the_builder_flag(graphs, tmp_path) -> None:
@@ -327,7 +130,7 @@ def test_engine_and_timing_caches_are_keyed_by_tensorrt_version(graphs, tmp_path
 
 def test_registry_hands_tensorrt_11_the_fp16_graphs(graphs, monkeypatch) -> None:
     """create_backend("tensorrt", precision=fp16) on TensorRT 11 resolves the FP16 export; the
-    backend then stops at the GPU check (none here) with one line."""
+    backend then stops at the GPU check (the CUDA runtime stand-in with no device) with one line."""
     from endostream.runtime.registry import create_backend
 
     w = graphs["weights"]["pt"]
@@ -338,6 +141,7 @@ def test_registry_hands_tensorrt_11_the_fp16_graphs(graphs, monkeypatch) -> None
         seen.append((Path(encode_path).name, sidecar.get("precision", "fp32")))  # shipped sidecars predate the key
         return real(self, encode_path, denoise_path, sidecar, **kw)
 
+    CudaStandIn(devices=0).install(monkeypatch)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.4.1.2"))
     monkeypatch.setattr(trt_backend.TensorRTBackend, "__init__", spy)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):

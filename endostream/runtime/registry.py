@@ -4,12 +4,15 @@ for the backend asked for, so the ONNX Runtime path runs without torch."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from endostream.fileutil import file_sha256
 from endostream.runtime.artifacts import cache_dir, check_artifacts, graph_paths
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # Options each backend takes; max_batch everywhere (torch and the ORT CPU/CUDA providers take any
@@ -57,7 +60,7 @@ def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[s
 def auto_choice(nvidia_gpu: bool, has_tensorrt: bool, has_torch: bool, ort_providers: list[str],
                 torch_cuda: Callable[[], bool]) -> tuple[str, str]:
     """(backend, device) for ``auto`` from the facts of a machine; pure, so every branch is
-    tested on any machine. Preference: TensorRT (module + torch for its buffers), ONNX Runtime on
+    tested on any machine. Preference: TensorRT (its module and cuda-python's), ONNX Runtime on
     its GPU providers (device ``gpu``: TensorRT EP, then CUDA EP, then CPU, as installed), torch
     CUDA, ONNX Runtime CPU. ``torch_cuda`` is asked last, so a CPU machine never imports torch."""
     if nvidia_gpu:
@@ -70,8 +73,8 @@ def auto_choice(nvidia_gpu: bool, has_tensorrt: bool, has_torch: bool, ort_provi
     return "onnxruntime", "cpu"
 
 
-def auto_backend() -> tuple[str, str]:
-    """``auto_choice`` for this machine."""
+def auto_backend(tensorrt: bool = True) -> tuple[str, str]:
+    """``auto_choice`` for this machine (``tensorrt=False``: as if TensorRT were absent)."""
     def torch_cuda() -> bool:
         import torch
 
@@ -83,7 +86,8 @@ def auto_backend() -> tuple[str, str]:
         from endostream.runtime.ort_backend import available_providers
 
         providers = available_providers()
-    choice = auto_choice(gpu, has_module("tensorrt"), has_module("torch"), providers, torch_cuda)
+    has_trt = tensorrt and has_module("tensorrt") and has_module("cuda")  # cuda-python: its device memory
+    choice = auto_choice(gpu, has_trt, has_module("torch"), providers, torch_cuda)
     if choice == ("onnxruntime", "cpu"):  # no GPU: the fastest path this processor has
         from endostream.runtime.cpu_caps import choose_cpu_path, has_openvino, probe
 
@@ -105,6 +109,15 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
     """
     if name == "auto":
         name, device = auto_backend()
+        if name == "tensorrt":
+            trt_options = {k: v for k, v in options.items() if k in OPTIONS[name]}
+            if trt_options.get("precision") not in (None, "fp32", "fp16"):
+                trt_options.pop("precision")
+            try:
+                return create_backend(name, weights, threads=threads, device=device, **trt_options)
+            except (RuntimeError, OSError) as exc:  # no engine could be built or loaded here
+                name, device = auto_backend(tensorrt=False)
+                log.warning("auto: TensorRT unusable (%s); using %s on %s", str(exc).splitlines()[0], name, device)
         options = {k: v for k, v in options.items() if k in OPTIONS[name]}
         if name == "openvino" and options.get("precision") not in (None, "fp32", "bf16"):
             options.pop("precision")  # its own default (auto: bf16 where the CPU has the units)

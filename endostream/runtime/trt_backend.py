@@ -10,11 +10,17 @@
   engine or timing cache of another TensorRT version is never loaded.
 - One optimisation profile per engine over batch 1..``max_batch`` (kernels tuned at
   ``opt_batch``, default ``max_batch``): cross-stream batching sends any batch in that range.
-- Device buffers allocated once for ``max_batch`` (torch CUDA tensors) and reused; the
-  denoiser's ``feat`` input is bound to the encoder's ``feat`` output, so it is never copied.
+- Device memory through the CUDA runtime bindings of cuda-python (``cudaMalloc``,
+  ``cudaMemcpyAsync``, streams and graphs, as NVIDIA's TensorRT Python samples do), allocated
+  once for ``max_batch`` and reused; the denoiser's ``feat`` input is bound to the encoder's
+  ``feat`` output, so between an encode and its denoise steps it never leaves the GPU. Other
+  outputs come back as numpy (a few small arrays per call; the sampler's arithmetic runs on host).
+- A batch larger than the profile's ``max_batch`` runs in chunks (the uncertainty pass sends S
+  noise samples of one frame in one call).
 - Optional CUDA-graph capture of each execute (per kind and batch size).
-``import tensorrt`` happens here only, when the backend is built. The build logic is unit-tested
-against fakes of both APIs (tests/test_trt_build.py); it has not run on a real TensorRT.
+``import tensorrt`` and the CUDA bindings happen here only, when the backend is built. Tested
+without a GPU against a stand-in of both documented APIs that computes with ONNX Runtime on
+host memory (tests/tensorrt_standin.py); it has not run on a real TensorRT.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
-from endostream.runtime.artifacts import (DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS,
-                                          cache_dir)
+from endostream.runtime.artifacts import ENCODE_OUTPUTS, cache_dir
 
 NOT_INSTALLED = ("TensorRT is not installed (python module 'tensorrt'): install TensorRT 10 or 11 from NVIDIA, "
                  "or use backend=onnxruntime or backend=torch")
 PRECISIONS = ("fp16", "fp32")
+NO_CUDA_BINDINGS = ("the CUDA runtime bindings are not installed (python module 'cuda', package cuda-python): "
+                    "pip install cuda-python, or use backend=onnxruntime or backend=torch")
 
 
 def import_tensorrt() -> Any:
@@ -42,6 +49,19 @@ def import_tensorrt() -> Any:
         raise RuntimeError(NOT_INSTALLED) from exc
     trt_major(trt)  # an unsupported version fails here, before any graph is exported or built
     return trt
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime bindings: ``cuda.bindings.runtime`` (cuda-python >= 12.6), else the
+    older ``cuda.cudart`` name of the same module."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as exc:
+            raise RuntimeError(NO_CUDA_BINDINGS) from exc
+    return cudart
 
 
 def trt_major(trt: Any) -> int:
@@ -131,6 +151,14 @@ def ensure_engine(trt: Any, onnx_path: Path, graph_sha256: str, gpu: str, capabi
     return f
 
 
+class DeviceTensor:
+    """An output left on the GPU (the encoder's ``feat``): ``denoise`` takes it without a copy,
+    ``to_numpy`` copies it home. Valid until the next ``encode``."""
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
+
+
 class TensorRTBackend:
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, sidecar: dict[str, Any], *,
                  device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True, max_batch: int = 1,
@@ -140,20 +168,23 @@ class TensorRTBackend:
         if sidecar.get("precision", "fp32") != want:
             raise ValueError(f"TensorRT {trt.__version__} {precision} engines are built from the {want} graphs, "
                              f"got {sidecar.get('precision', 'fp32')} graphs")
-        import torch
+        cudart = import_cudart()
+        self.trt, self.cudart = trt, cudart
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess or count < 1:
+            raise RuntimeError("backend=tensorrt needs a CUDA GPU, and the CUDA runtime sees none")
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self._check(cudart.cudaSetDevice(index), "cudaSetDevice")
+        props = self._check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
+        gpu = bytes(props.name).split(b"\0")[0].decode(errors="replace")
+        cap = (int(props.major), int(props.minor))
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend=tensorrt needs a CUDA GPU, and torch sees none")
-
-        self.torch, self.trt = torch, trt
-        self.device = torch.device(device if device.startswith("cuda") else "cuda")
-        torch.cuda.set_device(self.device)
         self.config = dict(sidecar["config"])
         self.precision, self.cuda_graphs, self.max_batch = precision, bool(cuda_graphs), int(max_batch)
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.opt_batch = int(opt_batch) if opt_batch is not None else self.max_batch
         self.name = f"tensorrt-{precision}" + ("-graphs" if cuda_graphs else "")
-        gpu = torch.cuda.get_device_name(self.device)
-        cap = tuple(torch.cuda.get_device_capability(self.device))
         root = Path(engine_cache) if engine_cache else cache_dir() / "trt"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines: dict[str, Any] = {}
@@ -166,80 +197,146 @@ class TensorRTBackend:
                 raise RuntimeError(f"TensorRT could not load the cached engine {f} (delete it to rebuild)")
             self.engines[part], self.engine_files[part] = engine, f
         self.contexts = {p: e.create_execution_context() for p, e in self.engines.items()}
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._allocations: list[int] = []
         self.buffers = self._allocate()
         self._shapes: dict[str, int] = {}
         self._graphs: dict[tuple[str, int], Any] = {}
 
-    def _allocate(self) -> dict[str, dict[str, Any]]:
-        """Max-batch buffers, allocated once; denoise's ``feat`` aliases encode's ``feat``."""
-        torch, trt = self.torch, self.trt
-        bufs: dict[str, dict[str, Any]] = {"encode": {}, "denoise": {}}
-        for part, names in (("encode", (*ENCODE_INPUTS, *ENCODE_OUTPUTS)), ("denoise", (*DENOISE_INPUTS, *DENOISE_OUTPUTS))):
+    def _check(self, result: Any, what: str) -> Any:
+        """cuda-python returns (error, *values): raise on an error, else the value(s)."""
+        err, *values = result
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"{what} failed: {err}")
+        return values[0] if len(values) == 1 else (tuple(values) or None)
+
+    def _allocate(self) -> dict[str, dict[str, tuple[int, tuple[int, ...], np.dtype]]]:
+        """Max-batch device buffers (pointer, per-item shape, dtype), allocated once; denoise's
+        ``feat`` aliases encode's ``feat``. Shapes and dtypes come from the engines."""
+        bufs: dict[str, dict[str, tuple[int, tuple[int, ...], np.dtype]]] = {"encode": {}, "denoise": {}}
+        for part in ("encode", "denoise"):
             engine = self.engines[part]
-            present = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-            for name in names:
-                if name not in present:  # e.g. memory/valid of a network without the temporal module
-                    continue
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
                 if part == "denoise" and name == "feat":
                     bufs[part][name] = bufs["encode"]["feat"]
                     continue
-                shape = (self.max_batch, *tuple(engine.get_tensor_shape(name))[1:])
-                dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-                bufs[part][name] = torch.zeros(shape, dtype=dtype, device=self.device)
+                item = tuple(int(d) for d in tuple(engine.get_tensor_shape(name))[1:])
+                if any(d < 0 for d in item):
+                    raise RuntimeError(f"TensorRT engine tensor {name} has a dynamic dimension besides the batch")
+                dtype = np.dtype(self.trt.nptype(engine.get_tensor_dtype(name)))
+                ptr = self._check(self.cudart.cudaMalloc(self.max_batch * int(np.prod(item)) * dtype.itemsize),
+                                  "cudaMalloc")
+                self._allocations.append(int(ptr))
+                bufs[part][name] = (int(ptr), item, dtype)
         return bufs
 
     def _execute(self, part: str, batch: int) -> None:
-        ctx, bufs = self.contexts[part], self.buffers[part]
-        if self._shapes.get(part) != batch:  # shape change: rebind views of the same buffers
-            for name in (n for n in (ENCODE_INPUTS if part == "encode" else DENOISE_INPUTS) if n in bufs):
-                ctx.set_input_shape(name, tuple(bufs[name][:batch].shape))
-            for name, buf in bufs.items():
-                ctx.set_tensor_address(name, buf[:batch].data_ptr())
+        ctx, bufs, engine = self.contexts[part], self.buffers[part], self.engines[part]
+        if self._shapes.get(part) != batch:  # a new batch size: set shapes, (re)bind the buffers
+            for name, (ptr, item, _) in bufs.items():
+                if engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT:
+                    if not ctx.set_input_shape(name, (batch, *item)):
+                        raise RuntimeError(f"TensorRT refused input shape {(batch, *item)} for {name}")
+                if not ctx.set_tensor_address(name, ptr):
+                    raise RuntimeError(f"TensorRT refused the address of {name}")
             self._shapes[part] = batch
+        stream = int(self.stream)
         if not self.cuda_graphs:
-            ctx.execute_async_v3(self.stream.cuda_stream)
+            if not ctx.execute_async_v3(stream):
+                raise RuntimeError(f"TensorRT {part} execution failed")
             return
         key = (part, batch)
         if key not in self._graphs:
-            ctx.execute_async_v3(self.stream.cuda_stream)  # TRT's docs: run once before capture
-            self.stream.synchronize()
-            graph = self.torch.cuda.CUDAGraph()
-            with self.torch.cuda.graph(graph, stream=self.stream):
-                ctx.execute_async_v3(self.stream.cuda_stream)
-            self._graphs[key] = graph
-        self._graphs[key].replay()
+            # TensorRT's docs: run once before capture, so deferred shape work is not captured.
+            if not ctx.execute_async_v3(stream):
+                raise RuntimeError(f"TensorRT {part} execution failed")
+            self._check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            cudart = self.cudart
+            self._check(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                        "cudaStreamBeginCapture")
+            ok = ctx.execute_async_v3(stream)
+            graph = self._check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+            if not ok:
+                raise RuntimeError(f"TensorRT {part} execution failed during CUDA-graph capture")
+            self._graphs[key] = self._check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        self._check(self.cudart.cudaGraphLaunch(self._graphs[key], self.stream), "cudaGraphLaunch")
 
-    def _run(self, part: str, names: tuple[str, ...], inputs: tuple[Any, ...]) -> int:
-        batch = int(inputs[0].shape[0])
-        if batch > self.max_batch:
-            raise ValueError(f"batch {batch} exceeds this engine's max_batch={self.max_batch}")
-        cur = self.torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(cur)
-        with self.torch.cuda.stream(self.stream):
-            for name, x in zip(names, inputs):
-                if name not in self.buffers[part]:
-                    continue
-                dst = self.buffers[part][name][:batch]
-                src = self.from_numpy(x)
-                if src.data_ptr() != dst.data_ptr():
-                    dst.copy_(src.reshape(dst.shape))
-            self._execute(part, batch)
-        cur.wait_stream(self.stream)
-        return batch
+    def _run(self, part: str, given: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """One engine call on a batch of at most ``max_batch``: copy the inputs in, execute,
+        copy the outputs out (those in ``keep`` stay on the GPU as ``DeviceTensor``)."""
+        cudart, bufs, engine = self.cudart, self.buffers[part], self.engines[part]
+        batch = int(next(iter(given.values())).shape[0])
+        hold = []  # host arrays must outlive their asynchronous copies
+        for name, x in given.items():
+            if name not in bufs:
+                continue  # e.g. memory/valid of a network without the temporal module
+            ptr, item, dtype = bufs[name]
+            if isinstance(x, DeviceTensor):
+                if x.ptr != ptr or x.shape != (batch, *item):
+                    raise ValueError(f"{name}: a GPU tensor from another buffer or batch")
+                continue
+            host = np.ascontiguousarray(np.asarray(x, dtype).reshape(batch, *item))
+            hold.append(host)
+            self._check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes,
+                                               cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream),
+                        "cudaMemcpyAsync")
+        self._execute(part, batch)
+        out: dict[str, Any] = {}
+        for name, (ptr, item, dtype) in bufs.items():
+            if engine.get_tensor_mode(name) != self.trt.TensorIOMode.OUTPUT:
+                continue
+            if name in keep:
+                out[name] = DeviceTensor(ptr, (batch, *item), dtype)
+                continue
+            host = np.empty((batch, *item), dtype)
+            self._check(cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
+                                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream),
+                        "cudaMemcpyAsync")
+            out[name] = host
+        self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return {k: (v if isinstance(v, DeviceTensor) else v.astype(np.float32, copy=False)) for k, v in out.items()}
+
+    def _chunked(self, part: str, given: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``_run`` over any batch: the profile's ``max_batch`` at a time, outputs concatenated
+        on the host (only a single chunk may leave an output on the GPU)."""
+        batch = int(next(iter(given.values())).shape[0])
+        if batch <= self.max_batch:
+            return self._run(part, given, keep)
+        given = {k: self.to_numpy(v) for k, v in given.items()}
+        parts = [self._run(part, {k: v[i:i + self.max_batch] for k, v in given.items()})
+                 for i in range(0, batch, self.max_batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
-        b = self._run("encode", ENCODE_INPUTS, (image, memory, valid))
-        return {k: self.buffers["encode"][k][:b] for k in ENCODE_OUTPUTS}
+        out = self._chunked("encode", {"image": image, "memory": memory, "valid": valid}, keep=("feat",))
+        return {k: out[k] for k in ENCODE_OUTPUTS}
 
-    def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> Any:
-        b = self._run("denoise", DENOISE_INPUTS, (feat, noisy_mask, np.asarray(t, np.float32).reshape(-1)))
-        return self.buffers["denoise"]["logits"][:b]
+    def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, np.float32).reshape(-1)
+        return self._chunked("denoise", {"feat": feat, "noisy_mask": noisy_mask, "t": t})["logits"]
 
     def from_numpy(self, x: Any) -> Any:
-        if isinstance(x, self.torch.Tensor):
-            return x.to(self.device, self.torch.float32)
-        return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+        return x
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return x.detach().float().cpu().numpy() if isinstance(x, self.torch.Tensor) else np.asarray(x)
+        if not isinstance(x, DeviceTensor):
+            return np.asarray(x)
+        host = np.empty(x.shape, x.dtype)
+        cudart = self.cudart
+        self._check(cudart.cudaMemcpyAsync(host.ctypes.data, x.ptr, host.nbytes,
+                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "cudaMemcpyAsync")
+        self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return host.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Free the device buffers (also at garbage collection)."""
+        for ptr in getattr(self, "_allocations", []):
+            self.cudart.cudaFree(ptr)
+        self._allocations = []
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down the bindings
+            pass
