@@ -109,6 +109,7 @@ class Consumer:
         infos = router.infos()
         self.default_trained = bool(infos[0].get("trained", False)) if infos else True
         self._t_start = time.monotonic()
+        self.cards.live_status = lambda: {"rooms": self.inference.rooms_report()["rooms"]}  # /status.json
 
     # ---- shared display path: overlay -> sinks -> telemetry -> records
     def _show(self, frame: Frame, epoch: int, result: MaskResult | None, st: StreamInfo) -> None:
@@ -182,7 +183,9 @@ class Consumer:
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
                 deadline_ns = time.monotonic_ns() + int(self.opt.wait_ms * 1e6)
-                for msg in msgs:
+                # Each room's frame is shown as soon as its own mask is ready (or at the deadline),
+                # never held behind another room's wait.
+                for msg in worker.in_completion_order(msgs, deadline_ns):
                     self._live_frame(worker, msg, deadline_ns)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
@@ -337,6 +340,7 @@ class Consumer:
             "mask_age_ms": percentiles(tel.mask_age_ms),
             "same_frame": {"wait_ms": self.opt.wait_ms, **inf.same_frame.as_dict()},  # issue 17: own-mask frames
             "inference_batch": inf.batch_stats(),  # issue 17: frames per model call
+            **inf.rooms_report(),  # live: per room mask rate / age / missed deadlines, fairness, timeline
             "fps": round((tel.shown - 1) / span, 2) if span > 0 else None,
             "dice_mean": None if tel.dice_mean is None else round(tel.dice_mean, 4),
             "dice_frames": tel.dice_n,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -242,6 +242,7 @@ class SignalCards:
     def __init__(self, tracker: SignalTracker, sinks: list[Any], telemetry: Any,
                  model: dict[str, Any], *, live: bool) -> None:
         self.tracker, self.tel, self.model, self.live = tracker, telemetry, dict(model), live
+        self.live_status: Callable[[], dict[str, Any]] | None = None  # more /status.json keys, read each time
         self.display = [s for s in sinks if getattr(_inner(s), "shows_cards", False)
                         or type(_inner(s)).__name__ == "WindowSink"]
         self.video = [s for s in sinks if type(_inner(s)).__name__ == "VideoSink"] if live else []
@@ -325,6 +326,7 @@ class SignalCards:
             "no_signal_after_ms": self.tracker.after_s * 1000.0,
             "streams": {str(sid): st.state for sid, st in self.tracker.streams.items()},
             **self.model,
+            **(self.live_status() if self.live_status is not None else {}),
             "research_use_only": True,
         }
 

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from endostream.consumer.persistence import StreamFilters
+from endostream.consumer.rooms import RoomStats, Timeline, fairness
 from endostream.types import Frame, Prediction
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ class Inference:
         self.infer_ms: deque[float] = deque(maxlen=100_000)
         self.batches: deque[int] = deque(maxlen=100_000)  # frames per model call
         self.same_frame = SameFrameStats()  # filled by the live worker's wait_for
+        self.rooms: dict[int, RoomStats] = {}  # live: per stream (room)
+        self.timeline = Timeline()  # live: the segmenting thread, per frame
         self.errors = 0
         self._epoch: dict[int, int] = {}
 
@@ -177,6 +180,19 @@ class Inference:
     def max_batch(self) -> int:
         """The largest batch any loaded model takes (1 before the first model is loaded)."""
         return max((int(info.get("max_batch", 1)) for info in self.router.infos()), default=1)
+
+    def room(self, stream_id: int) -> RoomStats:
+        room = self.rooms.get(stream_id)
+        if room is None:
+            room = self.rooms[stream_id] = RoomStats()
+        return room
+
+    def rooms_report(self) -> dict[str, Any]:
+        """Per room: mask rate, mask age, missed deadlines; and how evenly the model was shared."""
+        rooms = {str(sid): r.as_dict() for sid, r in sorted(self.rooms.items())}
+        return {"rooms": rooms, "fairness": fairness([r["mask_rate"] for r in rooms.values()]),
+                "missed_deadlines": sum(r.missed for r in self.rooms.values()),
+                "timeline": self.timeline.summary()}
 
     def batch_stats(self) -> dict[str, Any]:
         """Frames per model call: {mean, max, calls}."""
@@ -191,7 +207,7 @@ class Inference:
         return self.run_batch([(frame, epoch, newest_seq)], picked_ns)[0]
 
     def run_batch(self, items: list[tuple[Frame, int, int | None]],
-                  picked_ns: int | None = None) -> list[MaskResult | None]:
+                  picked_ns: int | None = None, submitted_ns: list[int] | None = None) -> list[MaskResult | None]:
         """Segment one frame of each of several streams: ``items`` = (frame, epoch, newest_seq).
         Frames of one model run as one batch (split at its ``max_batch``); None for a frame
         that failed. A model error on a batch retries its frames one by one, so one bad frame
@@ -210,8 +226,12 @@ class Inference:
             size = max(1, int(getattr(seg, "max_batch", 1)))
             for k in range(0, len(idx), size):
                 chunk = idx[k:k + size]
-                for i, result in zip(chunk, self._segment(seg, [items[i] for i in chunk], picked_ns)):
+                # A later chunk waited for the earlier ones: its model work starts now.
+                chunk_picked = picked_ns if k == 0 else time.monotonic_ns()
+                for i, result in zip(chunk, self._segment(seg, [items[i] for i in chunk], chunk_picked)):
                     results[i] = result
+                    if result is not None:
+                        self._timed(result, submitted_ns[i] if submitted_ns else 0, chunk_picked)
         return results
 
     def _segment(self, seg: Any, items: list[tuple[Frame, int, int | None]],
@@ -253,6 +273,12 @@ class Inference:
         return MaskResult(sid, epoch, frame.seq, frame.t_capture_ns, pred,
                           bool(seg.info.get("trained", False)), t0)
 
+    def _timed(self, result: MaskResult, submitted_ns: int, picked_ns: int | None) -> None:
+        now = time.monotonic_ns()
+        self.room(result.stream_id).on_mask(now)
+        if submitted_ns and picked_ns:
+            self.timeline.add(submitted_ns, picked_ns, result.prediction.stages_ns)
+
     def _check_epoch(self, sid: int, epoch: int) -> None:
         if self._epoch.get(sid) != epoch:  # new stream or restarted producer: fresh memory
             if sid in self._epoch:
@@ -285,7 +311,8 @@ class InferenceWorker:
     def __init__(self, inference: Inference) -> None:
         self.inference = inference
         self._cv = threading.Condition()
-        self._pending: dict[int, tuple[Frame, int]] = {}
+        self._pending: dict[int, tuple[Frame, int, int]] = {}  # stream -> (frame, epoch, submitted ns)
+        self._served: dict[int, int] = {}  # stream -> when its last frame was picked (fair share)
         self._newest: dict[int, tuple[int, int]] = {}  # stream -> (epoch, newest seq submitted)
         self._latest: dict[int, MaskResult] = {}
         self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
@@ -302,12 +329,13 @@ class InferenceWorker:
         """Submit the newest frame of several streams at once, so the worker batches them all
         instead of starting on the first. A frame already submitted (same stream, epoch and seq
         or older) is ignored: it is pending, in flight or done."""
+        now = time.monotonic_ns()
         with self._cv:
             for frame, epoch in frames:
                 ep, seq = self._newest.get(frame.stream_id, (epoch, -1))
                 if ep == epoch and frame.seq <= seq:
                     continue
-                self._pending[frame.stream_id] = (frame, epoch)
+                self._pending[frame.stream_id] = (frame, epoch, now)
                 self._newest[frame.stream_id] = (epoch, frame.seq)
             self._cv.notify_all()
 
@@ -329,9 +357,41 @@ class InferenceWorker:
                     break
                 self._cv.wait(left_ns / 1e9)
             result = self._latest.get(stream_id)
-            self.inference.same_frame.add(result is not None and result.seq == seq and result.epoch == epoch,
-                                          (time.monotonic_ns() - t0) / 1e6)
+            now = time.monotonic_ns()
+            met = result is not None and result.seq == seq and result.epoch == epoch
+            self.inference.same_frame.add(met, (now - t0) / 1e6)
+            room = self.inference.room(stream_id)
+            room.frames += 1
+            room.missed += not met
+            if result is not None:
+                room.mask_age_ms.append((now - result.t_capture_ns) / 1e6)
+        if not met and (room.missed == 1 or room.missed % 100 == 0):
+            # Counted, and said: the frame is shown with an older mask (or none).
+            log.warning("room %d: frame %d shown without its own mask (deadline missed; %d of %d frames so far)",
+                        stream_id, seq, room.missed, room.frames)
         return result
+
+    def in_completion_order(self, msgs: list[Any], deadline_ns: int) -> Iterator[Any]:
+        """``msgs`` (each with ``.frame`` and ``.epoch``, submitted) in the order their masks
+        finish: a room whose mask is ready is shown at once instead of waiting behind another
+        room's frame; at ``deadline_ns`` the rest come in their given order."""
+        left = list(msgs)
+        while left:
+            with self._cv:
+                while True:
+                    ready = [m for m in left if not self._waiting(m.frame.stream_id, m.frame.seq, m.epoch)]
+                    left_ns = deadline_ns - time.monotonic_ns()
+                    if ready or left_ns <= 0:
+                        break
+                    self._cv.wait(left_ns / 1e9)
+            for m in ready or list(left):
+                left.remove(m)
+                yield m
+
+    def _waiting(self, stream_id: int, seq: int, epoch: int) -> bool:
+        """Frame ``seq`` is still pending or being segmented (its own mask may yet come)."""
+        return not self._finished(stream_id, seq, epoch) and (
+            stream_id in self._pending or stream_id in self._inflight)
 
     def _finished(self, stream_id: int, seq: int, epoch: int) -> bool:
         done = self._done.get(stream_id)
@@ -344,6 +404,7 @@ class InferenceWorker:
             self._latest.pop(stream_id, None)
             self._newest.pop(stream_id, None)
             self._done.pop(stream_id, None)
+            self._served.pop(stream_id, None)
             self._resets.add(stream_id)
             self._cv.notify_all()
 
@@ -369,16 +430,22 @@ class InferenceWorker:
                     return
                 resets, self._resets = self._resets, set()
                 cap = max(1, self.inference.max_batch)
-                # The streams whose frames waited longest go first (fairness when over the cap).
-                sids = sorted(self._pending, key=lambda s: self._pending[s][0].t_capture_ns)[:cap]
+                # Fair share when more rooms wait than one call takes: the room served longest
+                # ago goes first (then the oldest frame), so every room's mask rate is alike.
+                sids = sorted(self._pending, key=lambda s: (self._served.get(s, 0),
+                                                             self._pending[s][0].t_capture_ns))[:cap]
                 picked_ns = time.monotonic_ns()
-                items = [(*self._pending.pop(sid), self._newest[sid][1]) for sid in sids]
+                taken = [self._pending.pop(sid) for sid in sids]
+                items = [(frame, epoch, self._newest[frame.stream_id][1]) for frame, epoch, _ in taken]
+                submitted = [t for _, _, t in taken]
+                for sid in sids:
+                    self._served[sid] = picked_ns
                 self._inflight = set(sids)
             for sid in resets:
                 self.inference.reset(sid)
             if not items:
                 continue
-            results = self.inference.run_batch(items, picked_ns)
+            results = self.inference.run_batch(items, picked_ns, submitted)
             with self._cv:
                 self._inflight = set()
                 for (frame, epoch, _), result in zip(items, results):

@@ -1,0 +1,90 @@
+"""Rooms in one live consumer, with real producer processes streaming the demo clip over
+loopback ZeroMQ and the shipped model: the model is shared fairly when it cannot keep up with
+every room, each room's missed display deadlines are counted (in the summary, per room, and in
+``/status.json``), and a generous deadline is met."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+
+CLIP = str(REPO / "assets" / "demo" / "clinicdb_demo.mp4")
+
+
+def run_rooms(tmp_path, rooms: int, frames: int, *overrides: str) -> tuple[dict[str, Any], Any]:
+    """``rooms`` producer processes (the demo clip at its 25 fps) into one live consumer built
+    here; returns its summary and the consumer."""
+    from endostream.bench.scenarios import _producer_main, free_endpoint
+    from endostream.cli import compose
+    from endostream.consumer.app import build
+
+    cfg = compose("consume", [f"transport.endpoint={free_endpoint()}", "transport.mode=live",
+                              f"out={tmp_path / 'out'}", f"min_streams={rooms}", "idle_timeout_s=30",
+                              "model.threads=1", "sink=[]", *overrides])
+    consumer, _, _ = build(cfg)
+    transport = {**dict(cfg.transport), "live": dict(cfg.transport.live), "lossless": dict(cfg.transport.lossless),
+                 "security": dict(cfg.transport.security)}
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    args = {"source": {"uri": CLIP}, "synthetic": {}, "pace": True, "transport": transport, "codec": "raw",
+            "jpeg_quality": 90, "connect_wait_s": 0.5, "drain_timeout_s": 10.0, "count": frames}
+    prods = [ctx.Process(target=_producer_main, args=({**args, "stream_id": sid}, results), daemon=True)
+             for sid in range(rooms)]
+    try:
+        for p in prods:
+            p.start()
+        summary = consumer.run()
+    finally:
+        consumer.rx.close()
+        for p in prods:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+    assert summary["errors"] == 0 and summary["exit_reason"] == "end of stream", summary
+    return summary, consumer
+
+
+def test_the_model_is_shared_fairly_when_it_cannot_serve_every_room(tmp_path) -> None:
+    """Three rooms at 25 fps, one frame per model call and a model slowed to 40 ms a call:
+    at most 25 masks/s for 75 frames/s, so the rooms compete. Each room's mask rate is within
+    20 % of the others'."""
+    s, _ = run_rooms(tmp_path, 3, 100, "model.max_batch=1", "infer_delay_ms=40")
+    rates = {sid: r["mask_rate"] for sid, r in s["rooms"].items()}
+    assert set(rates) == {"0", "1", "2"} and all(r for r in rates.values()), s["rooms"]
+    assert sum(rates.values()) < 3 * 25 * 0.8, rates  # the model really was the bottleneck
+    assert min(rates.values()) >= 0.8 * max(rates.values()), rates
+    assert s["fairness"] == pytest.approx(min(rates.values()) / max(rates.values()), abs=1e-3)
+
+
+def test_missed_deadlines_are_counted_per_room_and_said(tmp_path, caplog) -> None:
+    """``overlay.wait_ms=0``: no frame can have its own mask when it is shown, so every frame
+    the display path asked a mask for is a missed deadline, in each room's count, the total,
+    the same-frame counter and ``/status.json``; and the log says so."""
+    with caplog.at_level(logging.WARNING, logger="endostream.consumer.worker"):
+        s, consumer = run_rooms(tmp_path, 2, 40, "overlay.wait_ms=0", "infer_delay_ms=10")
+    for sid in ("0", "1"):
+        room = s["rooms"][sid]
+        assert room["frames"] > 0 and room["missed_deadlines"] == room["frames"], room
+        assert room["masks"] > 0 and room["mask_age_ms"]["p50"] > 0, room
+    assert s["missed_deadlines"] == s["same_frame"]["missed"] == s["same_frame"]["frames"] > 0
+    assert "shown without its own mask (deadline missed" in caplog.text
+    status = consumer.cards.status(time.monotonic())
+    assert {sid: r["missed_deadlines"] for sid, r in status["rooms"].items()} == \
+        {sid: r["missed_deadlines"] for sid, r in s["rooms"].items()}
+    t = s["timeline"]
+    assert t["frames"] > 0 and set(t) >= {"queue", "preprocess", "encoder", "postprocess", "total"}
+
+
+def test_a_generous_deadline_is_met(tmp_path) -> None:
+    """One room, a deadline far above any model call: (nearly) every frame gets its own mask and
+    the miss counter stays (near) zero; it counts misses, not frames."""
+    s, _ = run_rooms(tmp_path, 1, 40, "overlay.wait_ms=3000")
+    room = s["rooms"]["0"]
+    assert room["frames"] > 0 and room["missed_deadlines"] <= room["frames"] // 10, room
+    assert s["same_frame"]["met"] >= room["frames"] - room["missed_deadlines"]
