@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from endostream.consumer.viewer import MjpegViewer, allowed_host_names
-from tests.conftest import ENV, REPO
+from conftest import ENV, REPO
 
 SERVER = str(REPO / "tests" / "viewer_server.py")
 

@@ -8,6 +8,7 @@ Ray is imported only here and only when this executor runs.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from endostream.batch.inputs import VideoJob
@@ -40,9 +41,13 @@ class RayWorker:
 
 def run_ray(jobs: list[VideoJob], model_cfg: dict[str, Any], options: VideoOptions, out_root: str, *,
             workers: int | None, on_progress: OnProgress, on_result: OnResult,
-            address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+            address: str | None = None, init_kwargs: dict[str, Any] | None = None,
+            stop: threading.Event | None = None) -> None:
     """Process ``jobs`` on Ray: connects (or starts a local cluster), creates
-    ``workers`` actors (default: cluster CPUs // model threads) and shuts down what it started."""
+    ``workers`` actors (default: cluster CPUs // model threads) and shuts down what it started.
+    When ``stop`` is set no video starts and the actors are killed: videos they were running
+    get no result (they stay pending; their partial folders are the caller's to remove)."""
+    stop = stop or threading.Event()
     ray = _import_ray()
     from ray.util.queue import Empty, Queue
 
@@ -58,7 +63,7 @@ def run_ray(jobs: list[VideoJob], model_cfg: dict[str, Any], options: VideoOptio
         actor_cls = ray.remote(num_cpus=threads)(RayWorker)
         actors = [actor_cls.remote(model_cfg, options, out_root, q) for _ in range(min(n, len(jobs)))]
         todo, idle, running = list(jobs), list(actors), {}
-        while todo or running:
+        while (todo or running) and not stop.is_set():
             while todo and idle:
                 actor, job = idle.pop(0), todo.pop(0)
                 running[actor.run.remote(job.to_dict())] = (actor, job)

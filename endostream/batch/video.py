@@ -109,6 +109,12 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
     atomic_write_json(folder / "summary.json", summary)
 
 
+class VideoStopped(BaseException):
+    """The job was asked to stop mid-video (SIGINT/SIGTERM): the partial result is discarded
+    and the video stays pending. A BaseException so no ``except Exception`` records it as a
+    failed video."""
+
+
 class BatchWorker:
     """Loads the model once; ``run(job)`` processes one whole video and returns its summary."""
 
@@ -121,9 +127,16 @@ class BatchWorker:
         self.opts, self.out_root, self.executor = options, Path(out_root), executor
         self.actor_id: str | None = None  # set by the Ray wrapper
 
-    def run(self, job: VideoJob | dict[str, Any], progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Process ``job``; never raises for a bad video (the summary says ``failed`` and why)."""
+    def run(self, job: VideoJob | dict[str, Any], progress: Callable[[int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Process ``job``; never raises for a bad video (the summary says ``failed`` and why).
+        ``should_stop`` is asked before every frame: when it says so the partial folder is
+        removed and the result says ``interrupted`` (nothing is published; the video stays
+        pending for the next run)."""
         job = VideoJob(**job) if isinstance(job, dict) else job
+        stopped = {"status": "interrupted", "name": job.name, "input": job.input, "frames": 0}
+        if should_stop is not None and should_stop():
+            return stopped
         tmp = self.out_root / f".{job.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -132,8 +145,11 @@ class BatchWorker:
         counter = _Progress(progress)
         t0 = time.perf_counter()
         try:
-            stats = self._segment_video(job, tmp, counter)
+            stats = self._segment_video(job, tmp, counter, should_stop)
             summary = {"status": "done", **base, **stats, "errors": []}
+        except VideoStopped:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {**stopped, "frames": counter.total}
         except Exception as exc:  # noqa: BLE001 - a bad video must not stop the job
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -147,7 +163,8 @@ class BatchWorker:
 
     def _model_info(self) -> dict[str, Any]:
         info = self.seg.info
-        return {"weights_sha256": info.get("weights_sha256"), "backend": info.get("backend"),
+        return {"kind": info.get("kind", "diffusion"), "weights_sha256": info.get("weights_sha256"),
+                "backend": info.get("backend"),
                 "steps": info.get("steps"), "warm_start": info.get("warm_start"),
                 "trained": info.get("trained"), "threads": self.threads, "settings": self.opts.settings}
 
@@ -155,7 +172,8 @@ class BatchWorker:
         return {"executor": self.executor, "host": socket.gethostname(), "pid": os.getpid(),
                 "actor_id": self.actor_id}
 
-    def _segment_video(self, job: VideoJob, folder: Path, counter: _Progress) -> dict[str, Any]:
+    def _segment_video(self, job: VideoJob, folder: Path, counter: _Progress,
+                       should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         from endostream.consumer.overlay import HudInfo, draw_overlay
         from endostream.consumer.sinks import MaskSink, VideoSink
         from endostream.capture.sources import open_source
@@ -163,7 +181,9 @@ class BatchWorker:
         frames = open_source(job.input, gt=job.gt)  # raises SourceError for an unreadable file
         fps = _video_fps(job.input)
         opts = self.opts
-        hud = HudInfo(note="" if self.seg.info.get("trained", True) else "UNTRAINED WEIGHTS")
+        info = self.seg.info  # a single-pass model's note says what it lacks (no presence gate, ...)
+        hud = HudInfo(note=" | ".join(n for n in ("" if info.get("trained", True) else "UNTRAINED WEIGHTS",
+                                                   info.get("hud_note", "")) if n))
         video = VideoSink(str(folder / "overlay.mp4"), fps=fps, crf=opts.crf)
         masks = MaskSink(str(folder / "masks")) if opts.mask_pngs else None
         mask_video = MaskVideoWriter(folder / "masks.mkv", fps) if opts.mask_video else None
@@ -176,6 +196,8 @@ class BatchWorker:
             rows.writerow(CSV_COLUMNS)
             try:
                 for frame in frames:
+                    if should_stop is not None and should_stop():
+                        raise VideoStopped(job.name)
                     pred = self.seg.segment(frame.image, STREAM_ID)
                     overlay = draw_overlay(frame.image, pred, hud=hud, opacity=opts.opacity, color=opts.color)
                     video.write(frame, overlay, pred)

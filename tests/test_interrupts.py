@@ -1,0 +1,101 @@
+"""Clean stops: a real SIGINT to the process group of real commands (as a terminal's Ctrl-C
+sends it), then the manifest, the summary and the one exit line are checked; no traceback from
+the command or from any process it spawned."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import ENV, REPO
+from test_batch import COMMON, _frames, write_video
+
+BATCH_CLIPS = {"v1.mp4": 40, "v2.mp4": 40, "v3.mp4": 40, "v4.mp4": 40, "v5.mp4": 40}
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    """A command in its own session, so a signal to its group reaches it and its children only."""
+    return subprocess.Popen([sys.executable, "-m", "endostream.cli", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, start_new_session=True)
+
+
+def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert proc.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _interrupt(proc: subprocess.Popen, log: Path, sig: int = signal.SIGINT,
+               group: bool = True) -> tuple[str, float]:
+    """Signal the whole group (or the command only, as a service manager may); the command's
+    stdout and how long it took to exit."""
+    t0 = time.monotonic()
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - t0
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    return out, took
+
+
+@pytest.fixture(scope="module")
+def batch_clips(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("batch_clips")
+    for k, (name, n) in enumerate(BATCH_CLIPS.items()):
+        write_video(d / name, _frames(n, start=40 * k)[0])
+    return d
+
+
+@pytest.mark.parametrize("sig,group,workers", [(signal.SIGINT, True, 2), (signal.SIGTERM, False, 1)],
+                         ids=["ctrl-c-2-workers", "sigterm-1-worker"])
+def test_batch_stop_keeps_finished_removes_partial_and_resumes(batch_clips, tmp_path, sig, group, workers):
+    out, log = tmp_path / "out", tmp_path / "batch.log"
+    args = ["batch", f"input={batch_clips}", f"output={out}", f"workers={workers}", *COMMON]
+    proc = _start(args, log)
+
+    def one_done_one_partway() -> bool:
+        done = [p for p in out.glob("v*/summary.json")]
+        partial = [p for p in out.glob(".v*.partial-*/masks/*.png")]
+        return bool(done) and len(partial) >= 2
+
+    _wait_for(one_done_one_partway, proc, 300, "one video done and another part-way")
+    out_text, took = _interrupt(proc, log, sig, group)
+    lines = out_text.strip().splitlines()
+    name = signal.Signals(sig).name
+    print(f"batch stopped {took:.2f} s after {name}: {lines[-1]}")
+    assert proc.returncode == 128 + sig
+    assert len(lines) == 1 and lines[0].startswith(f"batch: stopped by {name}: ")
+    assert "(1 stopped mid-video" in lines[0] if workers == 1 else "stopped mid-video" in lines[0]
+    assert str(out / "manifest.json") in lines[0] and "the same command resumes" in lines[0]
+    assert took < 20  # the frame in hand (two workers on a busy two-core machine), not a video
+    assert not list(out.glob(".*")), "partial folders left behind"
+    manifest = json.loads((out / "manifest.json").read_text())
+    status = {v["output"]: v["status"] for v in manifest["videos"]}
+    finished = sorted(p.parent.name for p in out.glob("v*/summary.json"))
+    assert finished and sorted(n for n, s in status.items() if s == "done") == finished
+    assert all(s in ("done", "pending") for s in status.values()) and "pending" in status.values()
+    assert f"{len(finished)} of {len(BATCH_CLIPS)} videos done" in lines[0]
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("v*/summary.json")}
+
+    again = subprocess.run([sys.executable, "-m", "endostream.cli", *args], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rest = len(BATCH_CLIPS) - len(finished)
+    assert f"{len(finished)} skipped (already done), {rest} processed, 0 failed, 0 pending" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished ones untouched
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"done": len(BATCH_CLIPS), "failed": 0, "pending": 0}
+    assert not list(out.glob(".*"))
