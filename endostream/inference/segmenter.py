@@ -221,11 +221,26 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
                    threads: int = 2, device: str = "cpu", presence_threshold: float = 0.5,
                    mask_threshold: float = 0.5, use_temporal: bool = True, fov: bool = True,
                    uncertainty_samples: int = 0, max_batch: int = 1,
-                   backend_options: dict[str, Any] | None = None) -> Segmenter:
+                   backend_options: dict[str, Any] | None = None, tta: Sequence[str] = (), kind: str = "diffusion",
+                   graph: dict[str, Any] | None = None) -> Any:
     """Build a Segmenter from shipped weights with the named backend (``auto`` picks the fastest
     available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU). ``backend_options``
     go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...); the
-    backend is sized for batches up to ``max_batch`` unless they name their own."""
+    backend is sized for batches up to ``max_batch`` unless they name their own. ``tta`` (offline
+    quality: ``["h", "v"]``) also segments mirrored copies and averages them (flip_tta.py).
+
+    ``kind``: ``diffusion`` (the shipped model) or ``onnx``: a single-pass graph described by
+    ``graph`` (configs/model/onnx.yaml), run by ``inference.single_pass`` behind the same
+    surface; the shipped model's keys are then ignored."""
+    if kind == "onnx":
+        from endostream.inference.single_pass import load_single_pass
+
+        return load_single_pass(graph, backend=backend, threads=threads, device=device, fov=fov,
+                                max_batch=max_batch, backend_options=backend_options)
+    if kind != "diffusion":
+        raise ValueError(f"model.kind must be diffusion or onnx, got {kind!r}")
+    if graph:
+        raise ValueError("model.graph describes a single-pass graph: set model.kind=onnx (or model=onnx)")
     from endostream.runtime.registry import create_backend
 
     path = Path(weights)
@@ -241,7 +256,12 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
     meta = side.get("meta", {})
     info = {"weights": str(path), "weights_sha256": file_sha256(path),
             "trained": bool(meta.get("trained", False))}
-    return Segmenter(be, steps=steps, warm_start=warm_start, warm_start_t=warm_start_t, warm_steps=warm_steps,
-                     presence_threshold=presence_threshold, mask_threshold=mask_threshold,
-                     use_temporal=use_temporal, fov=fov, uncertainty_samples=uncertainty_samples,
-                     max_batch=max_batch, info=info)
+    seg = Segmenter(be, steps=steps, warm_start=warm_start, warm_start_t=warm_start_t, warm_steps=warm_steps,
+                    presence_threshold=presence_threshold, mask_threshold=mask_threshold,
+                    use_temporal=use_temporal, fov=fov, uncertainty_samples=uncertainty_samples,
+                    max_batch=max_batch, info=info)
+    if tta:
+        from endostream.inference.flip_tta import FlipTTASegmenter
+
+        return FlipTTASegmenter(seg, list(tta))  # type: ignore[return-value]  # same surface
+    return seg
