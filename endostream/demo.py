@@ -5,6 +5,10 @@ processes on loopback, live mode, shipped weights; writes ``<out>/overlay.mp4`` 
 The consumer runs in this process (it binds first, with the model loaded, so the clip is not
 replayed into an empty socket); the producer is ``python -m endostream.cli produce`` in a child
 process, paced at the clip's native rate, sending the clip's ground-truth masks for Dice.
+
+SIGINT/SIGTERM: the producer is told to stop (it sends end-of-stream), the consumer stops after
+its current frame, ``summary.json`` says what ran (``stopped_by``: the signal), one
+line says so and where the files are; exit 130/143.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,8 +26,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from endostream.consumer import app as consumer_mod
+from endostream.interrupt import StopRequest
 
 log = logging.getLogger(__name__)
+
+_STOPPED_PRODUCER_WAIT_S = 3.0  # after a stop: then the producer is killed
 
 
 def producer_command(cfg: Any, endpoint: str) -> list[str]:
@@ -65,6 +73,19 @@ def _watch(proc: subprocess.Popen, consumer: consumer_mod.Consumer, grace_s: flo
 def run(cfg: Any) -> int:
     logging.basicConfig(level=str(cfg.get("log_level", "WARNING")).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running: dict[str, Any] = {}  # the consumer and the producer, once they exist
+
+    def on_stop(_name: str) -> None:
+        if "consumer" in running:
+            running["consumer"].stop_requested = True
+        if "producer" in running and running["producer"].poll() is None:
+            running["producer"].send_signal(signal.SIGINT)  # it sends end-of-stream and exits
+
+    with StopRequest(on_stop) as stop:
+        return _run(cfg, stop, running)
+
+
+def _run(cfg: Any, stop: StopRequest, running: dict[str, Any]) -> int:
     t0 = time.monotonic()
     ccfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     ccfg.max_frames = None  # the producer's limit; the consumer runs to end-of-stream
@@ -72,11 +93,18 @@ def run(cfg: Any) -> int:
     if out_error:
         consumer.rx.close()
         raise OSError(out_error)
+    if stop.requested:  # while the model loaded: nothing ran
+        consumer.rx.close()
+        print(f"demo: stopped by {stop.requested} before the clip started; nothing written", flush=True)
+        return stop.exit_code
+    running["consumer"] = consumer
     endpoint = consumer.rx.endpoint
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     with open(out / "producer.log", "w") as err:
+        # Its own session: a terminal's Ctrl-C reaches the demo, which stops the producer once.
         proc = subprocess.Popen(producer_command(cfg, endpoint), stdout=subprocess.PIPE,
-                                stderr=err, text=True, env=env)
+                                stderr=err, text=True, env=env, start_new_session=True)
+        running["producer"] = proc
         watcher_out: list[str] = []
         reader = threading.Thread(target=lambda: watcher_out.append(proc.stdout.read()), daemon=True)
         reader.start()
@@ -86,18 +114,24 @@ def run(cfg: Any) -> int:
             summary = consumer.run()
         finally:
             consumer.rx.close()
-            try:
-                proc.wait(timeout=float(cfg.producer_timeout_s))
+            try:  # once stopped, the producer's end-of-stream has nobody to wait for
+                proc.wait(timeout=_STOPPED_PRODUCER_WAIT_S if stop.requested else float(cfg.producer_timeout_s))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         reader.join(5)
     prod = _producer_summary(watcher_out[0] if watcher_out else "")
+    summary = demo_summary(summary, prod, cfg, wall_s=time.monotonic() - t0)
+    if stop.requested:
+        summary["stopped_by"] = stop.requested
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stop.requested:
+        print(f"demo: stopped by {stop.requested} after {summary['frames_shown']} frames shown; "
+              f"wrote {out / 'overlay.mp4'} and {out / 'summary.json'}", flush=True)
+        return stop.exit_code
     if proc.returncode != 0:
         print(f"endostream demo: producer exited with {proc.returncode} (see {out / 'producer.log'})",
               file=sys.stderr)
-    summary = demo_summary(summary, prod, cfg, wall_s=time.monotonic() - t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(consumer_mod.format_summary(summary))
     print(f"wrote {out / 'overlay.mp4'} and {out / 'summary.json'}")
     return 0 if proc.returncode == 0 and summary["frames_shown"] > 0 else 1

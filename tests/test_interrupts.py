@@ -99,3 +99,23 @@ def test_batch_stop_keeps_finished_removes_partial_and_resumes(batch_clips, tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"done": len(BATCH_CLIPS), "failed": 0, "pending": 0}
     assert not list(out.glob(".*"))
+
+
+def test_demo_sigint_writes_summary_of_what_ran(tmp_path):
+    out, log = tmp_path / "demo", tmp_path / "demo.log"
+    proc = _start(["demo", f"out={out}"], log)  # the whole clip: far longer than the wait below
+    _wait_for(lambda: (out / "overlay.mp4").is_file() and (out / "overlay.mp4").stat().st_size > 20_000,
+              proc, 240, "the overlay video to grow")
+    out_text, took = _interrupt(proc, log)
+    lines = out_text.strip().splitlines()
+    print(f"demo stopped {took:.2f} s after SIGINT: {lines[-1]}")
+    assert proc.returncode == 130 and took < 15
+    assert len(lines) == 1 and lines[0].startswith("demo: stopped by SIGINT after ")
+    assert f"wrote {out / 'overlay.mp4'} and {out / 'summary.json'}" in lines[0]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped_by"] == "SIGINT" and s["frames_shown"] > 0 and s["frames_sent"] < 185
+    assert f"after {s['frames_shown']} frames shown" in lines[0]
+    assert "Traceback" not in (out / "producer.log").read_text()
+    from conftest import count_video_frames
+
+    assert count_video_frames(out / "overlay.mp4") >= s["frames_shown"]  # the MP4 is closed, readable
