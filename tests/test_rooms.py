@@ -88,3 +88,40 @@ def test_a_generous_deadline_is_met(tmp_path) -> None:
     room = s["rooms"]["0"]
     assert room["frames"] > 0 and room["missed_deadlines"] <= room["frames"] // 10, room
     assert s["same_frame"]["met"] >= room["frames"] - room["missed_deadlines"]
+
+
+def test_room_goals_verdict() -> None:
+    from endostream.bench.capacity import room_goals
+
+    goals = {"min_mask_fps": 15, "video_p99_ms": 60, "fairness": 0.8}
+
+    def report(*rooms: tuple[float, float]) -> dict:
+        return {"streams": {str(i): {"model_fps": r, "end_to_end": {"p99_ms": v}, "mask_end_to_end": {"p99_ms": 50}}
+                            for i, (r, v) in enumerate(rooms)},
+                "consumer": {"rooms": {str(i): {"missed_deadlines": 3, "frames": 90} for i in range(len(rooms))}}}
+
+    ok = room_goals(report((24.0, 40.0), (22.0, 45.0)), goals)
+    assert ok["met"] and ok["fairness"] == pytest.approx(22 / 24, abs=1e-3) and ok["per_room"]["1"]["missed_deadlines"] == 3
+    assert not room_goals(report((24.0, 40.0), (14.0, 45.0)), goals)["met"]  # a room under 15 masks/s
+    assert not room_goals(report((24.0, 40.0), (24.0, 61.0)), goals)["met"]  # its video waited
+    assert not room_goals(report((30.0, 40.0), (16.0, 40.0)), goals)["met"]  # unfair: 16/30 < 0.8
+    assert not room_goals({"streams": {}}, goals)["met"]
+
+
+def test_bench_multi_searches_the_rooms_and_saves_the_largest(tmp_path) -> None:
+    """``scenario=multi`` without ``producers``: rooms 1..max_rooms with real producers, a verdict per
+    room count, the largest met saved and printed. One room at most, to stay short."""
+    import json
+    import subprocess
+
+    from conftest import ENV, cli
+
+    out = tmp_path / "cap"
+    proc = subprocess.run(cli("bench", "scenario=multi", "frames=40", "warmup=5", "progress=false", "model.threads=1",
+                              "capacity.max_rooms=1", f"out={out}"), cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    cap = json.loads((out / "capacity.json").read_text())
+    assert [s["rooms"] for s in cap["steps"]] == [1] and cap["rooms_max"] == (1 if cap["steps"][0]["met"] else 0)
+    assert cap["machine"]["cpu"] and cap["backend"] and set(cap["steps"][0]["per_room"]) == {"0"}
+    assert "rooms meeting the goals on this machine" in proc.stdout and (out / "rooms-1" / "report.json").is_file()

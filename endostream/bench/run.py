@@ -246,6 +246,10 @@ def run(cfg: Any) -> int:
     if cfg.scenario not in SCENARIOS:
         raise ValueError(f"scenario={cfg.scenario!r}; expected one of {sorted(SCENARIOS)}, soak or clock_server")
     if cfg.scenario == "multi" and int(cfg.producers) < 2:
+        if str(cfg.multi_producers) == "auto":  # rooms by capacity: add rooms until the goals fail
+            from endostream.bench.capacity import run_capacity
+
+            return run_capacity(cfg, run)
         cfg.producers = int(cfg.multi_producers)
     if cfg.scenario == "model":
         cfg.producers = 1

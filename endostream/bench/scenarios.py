@@ -275,7 +275,8 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
     info.update(consumer_summary={k: summary.get(k) for k in
                                   ("frames_sent", "frames_received", "frames_shown", "frames_processed",
                                    "frames_dropped", "frames_paused", "errors", "exit_reason", "fps",
-                                   "same_frame", "inference_batch")},
+                                   "same_frame", "inference_batch",
+                                   "rooms", "fairness", "missed_deadlines", "timeline")},
                 sent_per_stream={int(r["stream_id"]): int(r["frames_sent"]) for r in reports})
     return RunResult("pipeline" if int(cfg.producers) == 1 else "multi", mode, "sink", shown, sent,
                      int(summary["frames_processed"]), frames_shown=int(summary["frames_shown"]),
