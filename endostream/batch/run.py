@@ -35,7 +35,7 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.model`` as plain kwargs for load_segmenter, the weights path made absolute
     (pool processes and Ray actors may not share this working directory)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    if False:  # a single-pass graph (configs/model/onnx.yaml): its file instead
+    if model.get("kind") == "onnx":  # a single-pass graph (configs/model/onnx.yaml): its file instead
         model["graph"] = {**model.get("graph", {}), "path": str(Path(model["graph"]["path"]).resolve())}
     else:
         model["weights"] = str(Path(model["weights"]).resolve())

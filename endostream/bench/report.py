@@ -167,6 +167,15 @@ def summary_md(report: Mapping[str, Any]) -> str:
                          f"| {_fmt(mk.get('p50_ms'))} | {_fmt(mk.get('p99_ms'))} | {_fmt(v.get('model_fps'))} |")
     cmp = report.get("compare")
     if cmp:
+        lines += ["", "## Models", "", "| variant | model | backend | model p50 (ms) | model p99 (ms) | mask p50 (ms) "
+                  "| mask p99 (ms) | rooms by model time | rooms measured | Dice of shown masks |", "|---" * 10 + "|"]
+        for name, v in cmp["variants"].items():
+            mk, m = v.get("mask_end_to_end") or v["end_to_end"], v.get("model_ms") or {}
+            rooms, d = v.get("rooms_served") or {}, v.get("dice") or {}
+            lines.append(f"| {name} | {v.get('kind')} | {v.get('backend')} | {_fmt(m.get('p50_ms'))} | "
+                         f"{_fmt(m.get('p99_ms'))} | {_fmt(mk.get('p50_ms'))} | {_fmt(mk.get('p99_ms'))} | "
+                         f"{_fmt(rooms.get('by_model_time'))} | {_fmt(rooms.get('measured'))} of "
+                         f"{_fmt(rooms.get('streams'))} | {_fmt(d.get('mean'))} |")
         lines += ["", f"## Compare (baseline {cmp['baseline']}, {cmp['rounds']} interleaved rounds)",
                   "", "| variant | display p50 (ms) | display p99 (ms) | mask p50 (ms) | mask p99 (ms) "
                   "| shown (frames/s) | not segmented (frames) | p50 ratio (x) | p99 ratio (x) | fps ratio (x) |",

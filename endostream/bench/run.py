@@ -18,6 +18,7 @@ from typing import Any
 
 from endostream.bench import clock as bench_clock
 
+from endostream.bench import models as bench_models
 from endostream.bench import report as bench_report
 from endostream.bench.scenarios import SCENARIOS, RunResult
 from endostream.bench.source import describe
@@ -61,7 +62,7 @@ def _variant_cfg(cfg: Any, overrides: Any) -> Any:
     return c
 
 
-def _summarize_runs(runs: list[RunResult], live: bool) -> dict[str, Any]:
+def _summarize_runs(runs: list[RunResult], live: bool, room_mask_fps: float | None = None) -> dict[str, Any]:
     """Merge a variant's runs (records tagged) and compute its statistics."""
     first = runs[0]
     recs = [r for run in runs for r in run.records if not r["warmup"]]
@@ -82,6 +83,7 @@ def _summarize_runs(runs: list[RunResult], live: bool) -> dict[str, Any]:
     if first.end == "sink":  # the pipeline: per stream, and the consumer's batching and waiting
         a.update(streams=_per_stream(runs, live), inference_batch=_merge_batches(runs),
                  same_frame=_merge_same_frame(runs))
+    a.update(bench_models.model_figures(recs, mrecs, a.get("streams"), room_mask_fps))
     return a
 
 
@@ -222,6 +224,8 @@ def _report(cfg: Any, name: str, runs: list[RunResult],
            "trend": summary["trend"],
            "no_backlog_growth": (summary["trend"] or {}).get("no_backlog_growth"),
            "consistency": summary["consistency"],
+           **{k: summary[k] for k in ("model_ms", "dice", "rooms_served")},
+           "kind": info.get("kind", "diffusion"), "model_file": info.get("model_file"),
            "weights_sha256": info.get("weights_sha256"), "backend": info.get("backend"),
            "steps": info.get("steps"), "trained": info.get("trained"),
            "source": describe(OmegaConf.to_container(cfg.source, resolve=True),
@@ -275,7 +279,7 @@ def run(cfg: Any) -> int:
     for name in names:
         live = runs[name][0].mode == "live"
         reports[name], series[name] = _report(cfgs[name], name, runs[name],
-                                              _summarize_runs(runs[name], live))
+                                              _summarize_runs(runs[name], live, float(cfgs[name].room_mask_fps)))
     report = dict(reports[baseline])
     if len(names) > 1:
         b = reports[baseline]
@@ -303,6 +307,8 @@ def run(cfg: Any) -> int:
           f"{report['frames_processed']} dropped {report['frames_dropped']} fps {report['fps']}; "
           f"end to end p50 {e['p50_ms']} p95 {e['p95_ms']} p99 {e['p99_ms']} max {e['max_ms']} ms"
           f" -> {out / 'report.json'}")
+    if len(names) > 1:
+        print("\n".join(bench_models.compare_lines(report["compare"]["variants"])))
     return 0
 
 

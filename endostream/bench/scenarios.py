@@ -55,6 +55,8 @@ def free_endpoint() -> str:
 def _row_to_record(row: dict[str, Any]) -> dict[str, Any]:
     stamps = {k: int(v) for k, v in row.items() if k not in _NOT_STAMPS and v not in (None, "")}
     extra = {k: row[k] for k in ("mask_seq", "mask_age_ms", "paused", "presence", "batch") if k in row}
+    if row.get("dice") not in (None, ""):  # the shown mask against streamed ground truth
+        extra["dice"] = float(row["dice"])
     return {"stream_id": int(row["stream_id"]), "seq": int(row["seq"]),
             "t_capture_ns": int(row["t_capture_ns"]), "stamps_ns": stamps, "extra": extra}
 
@@ -74,8 +76,8 @@ def _producer_main(args: dict[str, Any], results: Any) -> None:
         if args.get("duration_s"):  # soak: stream for a time instead of a count
             deadline = time.monotonic() + float(args["duration_s"])
             frames = itertools.takewhile(lambda _: time.monotonic() < deadline, frames)
-        with open_sender(args["transport"], codec=args["codec"],
-                         jpeg_quality=args["jpeg_quality"]) as sender:
+        with open_sender(args["transport"], codec=args["codec"], jpeg_quality=args["jpeg_quality"],
+                         send_mask=bool(args.get("send_gt"))) as sender:
             time.sleep(args["connect_wait_s"])  # PUB/SUB: frames before the subscription are lost
             summary = run_producer(frames, sender, drain_timeout_s=args["drain_timeout_s"])
         results.put({"stream_id": args["stream_id"], **summary})
@@ -119,7 +121,7 @@ def _producer_args(cfg: Any, transport: dict[str, Any], count: int) -> dict[str,
     return {"source": OmegaConf.to_container(cfg.source, resolve=True),
             "synthetic": OmegaConf.to_container(cfg.synthetic, resolve=True),
             "count": count, "pace": cfg.pace == "native", "transport": transport,
-            "codec": str(cfg.codec), "jpeg_quality": int(cfg.jpeg_quality),
+            "codec": str(cfg.codec), "jpeg_quality": int(cfg.jpeg_quality), "send_gt": bool(cfg.get("send_gt")),
             "connect_wait_s": float(cfg.connect_wait_s),
             "drain_timeout_s": float(transport["lossless"]["drain_timeout_s"])}
 
@@ -206,7 +208,7 @@ def run_model(cfg: Any, progress: Callable[[int], None]) -> RunResult:
                         "stamps_ns": {"infer_start": t0, **pred.stages_ns}, "extra": {}})
         progress(1)
     return RunResult("model", "offline", "postprocess", records, len(records), len(records),
-                     info=dict(seg.info))
+                     info={**seg.info, "kind": seg.info.get("kind", "diffusion"), "model_file": seg.info.get("weights")})
 
 
 def _consume_cfg(cfg: Any, tb: dict[str, Any], work: Path, modality: str) -> Any:
@@ -272,10 +274,12 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
             shutil.rmtree(work, ignore_errors=True)
     mode = str(cfg.mode)
     info = {k: summary.get(k) for k in ("weights_sha256", "backend", "steps", "trained")}
+    first_model = (summary.get("models") or [{}])[0]
+    info.update(kind=first_model.get("kind", "diffusion"), model_file=first_model.get("weights"))
     info.update(consumer_summary={k: summary.get(k) for k in
                                   ("frames_sent", "frames_received", "frames_shown", "frames_processed",
                                    "frames_dropped", "frames_paused", "errors", "exit_reason", "fps",
-                                   "same_frame", "inference_batch",
+                                   "same_frame", "inference_batch", "hud_note",
                                    "rooms", "fairness", "missed_deadlines", "timeline")},
                 sent_per_stream={int(r["stream_id"]): int(r["frames_sent"]) for r in reports})
     return RunResult("pipeline" if int(cfg.producers) == 1 else "multi", mode, "sink", shown, sent,

@@ -105,9 +105,12 @@ class Consumer:
         main = router.infos()[0] if router.infos() else {}
         self.cards = SignalCards(self.signal, sinks.sinks, self.tel, {
             "model": Path(str(main.get("weights") or "")).stem or None, "backend": main.get("backend"),
-            "steps": main.get("steps"), "trained": main.get("trained")}, live=options.mode == "live")
+            "steps": main.get("steps"), "trained": main.get("trained"),
+            # a single-pass model says what it lacks (inference/single_pass.py)
+            **({"absent": main["absent"]} if main.get("absent") else {})}, live=options.mode == "live")
         infos = router.infos()
         self.default_trained = bool(infos[0].get("trained", False)) if infos else True
+        self.model_note = str(main.get("hud_note") or "")
         self._t_start = time.monotonic()
         self.cards.live_status = lambda: {"rooms": self.inference.rooms_report()["rooms"]}  # /status.json
 
@@ -115,7 +118,7 @@ class Consumer:
     def _show(self, frame: Frame, epoch: int, result: MaskResult | None, st: StreamInfo) -> None:
         sid = frame.stream_id
         trained = result.trained if result is not None else self.default_trained
-        note = " | ".join(n for n in ("" if trained else "UNTRAINED WEIGHTS", self.opt.note) if n)
+        note = " | ".join(n for n in ("" if trained else "UNTRAINED WEIGHTS", self.model_note, self.opt.note) if n)
         hud = HudInfo(fps=self.tel.fps(sid), latency_ms=(time.monotonic_ns() - frame.t_capture_ns) / 1e6,
                       dropped=max(0, self.tel.sent.get((sid, epoch), 0) - self.tel.first.get((sid, epoch), 0)
                                   - self.inference.processed.get((sid, epoch), 0) - 1),
@@ -350,7 +353,7 @@ class Consumer:
             "trained": main.get("trained"),
             "models": infos,
             "hud_note": " | ".join(n for n in ("" if self.default_trained else "UNTRAINED WEIGHTS",
-                                              self.opt.note) if n),
+                                              self.model_note, self.opt.note) if n),
             "streams": {str(sid): {"epoch_restarts": s.restarts, "ended": s.ended,
                                    "last_seq": s.last_seq, "gaps": list(s.gaps)}
                         for sid, s in tel.streams.items()},

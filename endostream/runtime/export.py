@@ -154,9 +154,76 @@ def export_onnx(weights: str | Path, out_dir: str | Path | None = None, opset: i
     return side
 
 
+class SinglePassGraph(nn.Module):
+    """The K=0 pass alone, as a user's single-pass model would be: image (B,3,S,S) RGB in [-1, 1]
+    -> the aux head's mask logits (B,1,S/4,S/4), with an empty temporal memory (a stream's first
+    frame; what the native path computes with ``use_temporal=False``). Neither the presence/box
+    heads nor the denoiser's conditioning are reached, so every generation's weights export
+    alike, with or without the refinement inputs."""
+
+    def __init__(self, net: PolypNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        c, s = self.net.cfg, self.net.cfg.input_size // 16
+        memory = image.new_zeros((image.shape[0], c.memory_frames, c.neck_channels, s, s))
+        valid = image.new_zeros((image.shape[0], c.memory_frames))
+        feat, _ = self.net.neck(self.net.encoder(image), memory, valid)
+        return self.net.aux_head(feat)
+
+
+def single_pass_paths(weights: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """``<stem>.k0.onnx`` and its contract ``<stem>.k0.contract.yaml``, beside the weights unless ``out_dir``."""
+    w = Path(weights)
+    d = Path(out_dir) if out_dir is not None else w.parent
+    return {"graph": d / f"{w.stem}.k0.onnx", "contract": d / f"{w.stem}.k0.contract.yaml"}
+
+
+def export_single_pass(weights: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
+    """Write the shipped network's K=0 pass as one plain single-pass graph (image in, mask logits
+    out) and its contract (the keys of configs/model/onnx.yaml's ``graph`` block, provenance in
+    comments). Fed back with ``model.kind=onnx`` and this contract it gives the native K=0 masks
+    (tests/test_single_pass.py). Returns the contract."""
+    import onnx
+    import yaml
+
+    from endostream.runtime.graph_contract import GraphContract
+
+    weights = Path(weights)
+    net, _ = load_weights(weights)
+    paths = single_pass_paths(weights, out_dir)
+    paths["graph"].parent.mkdir(parents=True, exist_ok=True)
+    s, g = net.cfg.input_size, net.cfg.input_size // 4
+    image = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        model = onnx.load_from_string(onnx_bytes(SinglePassGraph(net), (image,), ("image",), ("logits",), opset))
+    stamp_shapes(model, {"image": ["batch", 3, s, s], "logits": ["batch", 1, g, g]})
+    fold_pads_into_convs(model)
+    onnx.checker.check_model(model, full_check=True)
+    atomic_write_bytes(paths["graph"], model.SerializeToString())
+    # The native input is RGB scaled to [-1, 1]: x / 255 then (x - 0.5) / 0.5 (inference/preprocess.py).
+    contract = GraphContract(path=str(paths["graph"]), input="image", size=s, layout="NCHW", color="rgb",
+                             scale=1.0 / 255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), output="logits",
+                             output_type="logits", threshold=0.5).to_dict()
+    head = (f"# Single-pass contract of {paths['graph'].name}: the K=0 pass of {weights.name}\n"
+            f"# (sha256 {file_sha256(weights)}), graph sha256 {file_sha256(paths['graph'])}, opset {opset},\n"
+            f"# torch {torch.__version__}. Output: mask logits at 1/4 of the input size (the pasted\n"
+            "# probability is resized into the field of view). Use: model=onnx model.graph.path=<graph>.\n")
+    atomic_write_bytes(paths["contract"], (head + yaml.safe_dump(contract, sort_keys=False)).encode())
+    return contract
+
+
 def run(cfg: Any) -> int:
-    """`endostream export weights=weights/polyp.pt out=weights/ [precision=fp16]`."""
+    """`endostream export weights=weights/polyp.pt out=weights/ [precision=fp16] [single_pass=true]`."""
     out = cfg.get("out") or None
+    if cfg.get("single_pass"):
+        contract = export_single_pass(cfg.weights, out, int(cfg.get("opset", OPSET)))
+        paths = single_pass_paths(cfg.weights, out)
+        print(f"{paths['graph']}  sha256={file_sha256(paths['graph'])[:16]}  (K=0 pass: input {contract['input']} "
+              f"-> output {contract['output']}, {contract['output_type']})")
+        print(f"{paths['contract']}  (use: model=onnx model.graph.path={paths['graph']})")
+        return 0
     precision = str(cfg.get("precision") or "fp32")
     side = export_onnx(cfg.weights, out, int(cfg.get("opset", OPSET)), check_precision(precision))
     d = graph_paths(cfg.weights, out, precision)
