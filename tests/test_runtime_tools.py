@@ -84,3 +84,17 @@ def test_benchmark_pieces_run_on_cpu() -> None:
     assert rows[1]["speedup_vs_eager_torch"] == 2.0
     labels = [s["label"] for s in gpu_specs(tensorrt=True, ort_cuda=False)]
     assert "tensorrt-fp16-graphs" in labels and "torch-cuda-fp16-graphs" in labels
+
+
+def test_gpu_check_live_bench_runs_the_bench_scenarios_on_cpu(tmp_path) -> None:
+    """The live section (one room, rooms by capacity) through the real bench command; on this
+    CPU machine ``auto`` picks the CPU path, on a GPU machine the GPU backend."""
+    import time
+
+    import gpu_check
+
+    res = gpu_check.live_bench(tmp_path, time.monotonic() + 400, frames=40, max_rooms=1)
+    assert res["pipeline"]["rc"] == 0, res["pipeline"]["stderr"]
+    assert res["pipeline"]["mask_end_to_end"]["p50_ms"] > 0 and res["pipeline"]["timeline"]["frames"] > 0
+    assert res["multi"]["rc"] == 0, res["multi"]["stderr"]
+    assert res["multi"]["rooms_max"] in (0, 1) and res["multi"]["steps"][0]["rooms"] == 1

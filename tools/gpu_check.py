@@ -1,5 +1,7 @@
 """GPU check: CUDA parity against the CPU reference, TensorRT engines if present, the torch-CUDA
-path at batch 1 (p50/p99), batched multi-stream through the live worker, then the backend benchmark.
+path at batch 1 (p50/p99), batched multi-stream through the live worker, the live scenarios of
+``endostream bench`` on the GPU (one room: mask age and video p99, missed deadlines; rooms by
+capacity: the most rooms meeting the goals), then the backend benchmark.
 
 Needs only this repository, its weights, PyTorch (with CUDA) and numpy; OpenCV (real frames,
 preprocessing) and OmegaConf (the live worker's model configs) where installed: without them the
@@ -213,6 +215,40 @@ def multistream(weights: str, streams: tuple[int, ...], overrides: dict[str, Any
     return res
 
 
+def live_bench(out: Path, deadline: float, frames: int = 250, max_rooms: int = 12) -> dict[str, Any]:
+    """The CPU machine's live scenarios, here with ``auto`` picking the GPU backend:
+    ``bench scenario=pipeline`` (one room) and ``bench scenario=multi`` (rooms by capacity, batches
+    up to ``max_rooms``), each its own process, reports under ``out/bench-*``. Needs the whole
+    package (PyAV, ZeroMQ, Hydra); each run is cut at ``deadline``."""
+    import os
+    import subprocess
+
+    exe = Path(sys.executable).with_name("endostream")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "endostream.cli"]
+    runs = {"pipeline": ["scenario=pipeline", f"frames={frames}"],
+            "multi": ["scenario=multi", f"frames={frames // 2}", f"capacity.max_rooms={max_rooms}",
+                      f"model.max_batch={max_rooms}"]}
+    res: dict[str, Any] = {}
+    for name, args in runs.items():
+        left = deadline - time.monotonic()
+        if left < 30:
+            res[name] = {"skipped": "time budget"}
+            continue
+        folder = out / f"bench-{name}"
+        p = subprocess.run([*cmd, "bench", *args, "progress=false", f"out={folder}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=left, env=dict(os.environ))
+        res[name] = {"rc": p.returncode, "stdout": p.stdout[-3000:], "stderr": p.stderr[-1500:]}
+        if name == "pipeline" and (folder / "report.json").is_file():
+            r = json.loads((folder / "report.json").read_text())
+            res[name].update({k: r.get(k) for k in ("backend", "end_to_end", "mask_end_to_end", "same_frame")},
+                             timeline=(r.get("consumer") or {}).get("timeline"))
+        if name == "multi" and (folder / "capacity.json").is_file():
+            c = json.loads((folder / "capacity.json").read_text())
+            res[name].update(rooms_max=c["rooms_max"], steps=c["steps"], backend=c["backend"])
+        print(f"gpu_check: bench {name}: rc {p.returncode}; {p.stdout.strip().splitlines()[-1:] or ''}", flush=True)
+    return res
+
+
 def parity(weights: str, specs: list[dict[str, Any]], ref: list[np.ndarray], inputs: list[np.ndarray]) -> list[dict]:
     from endostream.runtime.registry import create_backend
 
@@ -315,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"backend": "torch", "device": "cuda", "steps": 0, "threads": 4,
                  "backend_options": {"precision": "fp16", "cuda_graphs": True}}
     section("multistream", 40, lambda: multistream(a.weights, tuple(a.streams), overrides, a.stream_seconds, deadline))
+    section("live_bench", 90, lambda: live_bench(out, deadline - 100))  # leaves the benchmark its 90 s
     bench_specs = [sp for sp in specs if sp["label"] != "torch-cuda-bf16-graphs"]
     section("benchmark", 90, lambda: benchmark_backends(a.weights, bench_specs, (0, 2), batch_sizes=tuple(a.batches),
                                                         warmup=20, iters=a.iters))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: CUDA parity vs the CPU reference, TensorRT engines if installed, torch-CUDA batch-1
-# latency (p50/p99), batched multi-stream through the live worker (streams 1, 4, 16, 64), backend
+# latency (p50/p99), batched multi-stream through the live worker (streams 1, 4, 16, 64), the live
+# bench scenarios on the GPU (one room: mask age, missed deadlines; rooms by capacity), backend
 # benchmark. Usage: tools/gpu_check.sh [OUT_DIR]  (default: $OUT if set, else out/gpu_check).
 # Installs nothing; needs PyTorch with CUDA + numpy. Bounded to 8 minutes (sections stop at
 # 420 s, the process is killed at 470 s); results in OUT_DIR/gpu_check.json and gpu_check.log.
