@@ -2,11 +2,12 @@
 diffusion model and a single-pass ONNX graph): the model's own time per call, the Dice of the
 shown masks where the source streams ground truth, and how many rooms one consumer serves.
 
-Rooms served, two ways: ``by_model_time`` = floor(1000 / (model p50 ms x ``room_mask_fps``)),
-the streams one model worker could refresh at ``room_mask_fps`` if it did nothing else (an
-estimate from the measured model time); ``measured`` = the streams of this run whose masks were
-refreshed at ``room_mask_fps`` or more (with one producer it is 0 or 1; run scenario=multi with
-N producers to measure N rooms).
+Rooms served, two ways, at the mask rate a room needs (``capacity.min_mask_fps``, the goal
+of the bench's rooms-by-capacity search): ``by_model_time`` = floor(1000 / (model p50 ms x that
+rate)), the rooms one model worker could refresh if it did nothing else (an estimate from the
+measured model time); ``measured`` = the streams of this run whose masks were refreshed at that
+rate or more (with one producer it is 0 or 1; ``scenario=multi`` without ``producers`` measures
+the most rooms, any model included).
 """
 
 from __future__ import annotations
@@ -31,25 +32,25 @@ def dice_of_shown(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rooms_served(model: dict[str, Any], streams: dict[str, dict[str, Any]] | None,
-                 room_mask_fps: float | None) -> dict[str, Any]:
-    """See the module docstring; all None without ``room_mask_fps``."""
-    if not room_mask_fps:
+                 min_mask_fps: float | None) -> dict[str, Any]:
+    """See the module docstring; all None without ``min_mask_fps``."""
+    if not min_mask_fps:
         return {"mask_fps_per_room": None, "by_model_time": None, "measured": None, "streams": None}
     p50 = model.get("p50_ms")
-    est = int(math.floor(1000.0 / (float(p50) * room_mask_fps))) if p50 else None
+    est = int(math.floor(1000.0 / (float(p50) * min_mask_fps))) if p50 else None
     measured = None
     if streams:
-        measured = sum(1 for v in streams.values() if (v.get("model_fps") or 0) >= room_mask_fps)
-    return {"mask_fps_per_room": room_mask_fps, "by_model_time": est, "measured": measured,
+        measured = sum(1 for v in streams.values() if (v.get("model_fps") or 0) >= min_mask_fps)
+    return {"mask_fps_per_room": min_mask_fps, "by_model_time": est, "measured": measured,
             "streams": len(streams) if streams else None}
 
 
 def model_figures(kept: list[dict[str, Any]], model_kept: list[dict[str, Any]],
-                  streams: dict[str, dict[str, Any]] | None, room_mask_fps: float | None) -> dict[str, Any]:
+                  streams: dict[str, dict[str, Any]] | None, min_mask_fps: float | None) -> dict[str, Any]:
     """``kept``: the end-to-end records (warm-up left out); ``model_kept``: the live model
     branch's (empty elsewhere: there the end-to-end records carry the model's stamps)."""
     m = model_ms(model_kept or kept)
-    return {"model_ms": m, "dice": dice_of_shown(kept), "rooms_served": rooms_served(m, streams, room_mask_fps)}
+    return {"model_ms": m, "dice": dice_of_shown(kept), "rooms_served": rooms_served(m, streams, min_mask_fps)}
 
 
 def compare_lines(variants: dict[str, dict[str, Any]]) -> list[str]:

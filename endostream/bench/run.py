@@ -62,7 +62,7 @@ def _variant_cfg(cfg: Any, overrides: Any) -> Any:
     return c
 
 
-def _summarize_runs(runs: list[RunResult], live: bool, room_mask_fps: float | None = None) -> dict[str, Any]:
+def _summarize_runs(runs: list[RunResult], live: bool, min_mask_fps: float | None = None) -> dict[str, Any]:
     """Merge a variant's runs (records tagged) and compute its statistics."""
     first = runs[0]
     recs = [r for run in runs for r in run.records if not r["warmup"]]
@@ -83,7 +83,7 @@ def _summarize_runs(runs: list[RunResult], live: bool, room_mask_fps: float | No
     if first.end == "sink":  # the pipeline: per stream, and the consumer's batching and waiting
         a.update(streams=_per_stream(runs, live), inference_batch=_merge_batches(runs),
                  same_frame=_merge_same_frame(runs))
-    a.update(bench_models.model_figures(recs, mrecs, a.get("streams"), room_mask_fps))
+    a.update(bench_models.model_figures(recs, mrecs, a.get("streams"), min_mask_fps))
     return a
 
 
@@ -279,7 +279,8 @@ def run(cfg: Any) -> int:
     for name in names:
         live = runs[name][0].mode == "live"
         reports[name], series[name] = _report(cfgs[name], name, runs[name],
-                                              _summarize_runs(runs[name], live, float(cfgs[name].room_mask_fps)))
+                                              _summarize_runs(runs[name], live,
+                                                              float(cfgs[name].capacity.min_mask_fps)))
     report = dict(reports[baseline])
     if len(names) > 1:
         b = reports[baseline]
