@@ -22,6 +22,14 @@ from typing import Any
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Interrupted(Exception):
+    """A loop saw a stop request after ``done`` of its ``total`` items."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"stopped after {done} of {total}")
+        self.done, self.total = done, total
+
+
 class StopRequest:
     """Context manager: SIGINT/SIGTERM set :attr:`event` (and call ``on_stop``) instead of
     killing; ``requested`` names the signal. Installed only from the main thread (elsewhere it

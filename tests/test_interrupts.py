@@ -119,3 +119,66 @@ def test_demo_sigint_writes_summary_of_what_ran(tmp_path):
     from conftest import count_video_frames
 
     assert count_video_frames(out / "overlay.mp4") >= s["frames_shown"]  # the MP4 is closed, readable
+
+
+def test_bench_pipeline_sigint_writes_report_of_what_ran(tmp_path):
+    out, log = tmp_path / "bench", tmp_path / "bench.log"
+    proc = _start(["bench", "scenario=pipeline", "frames=3000", "warmup=5", f"out={out}", "progress=true",
+                   "model.backend=onnxruntime", "model.threads=1", "model.steps=2"], log)
+    # the progress bar counts frames shown; wait until some are past warm-up
+    _wait_for(lambda: any(f"| {n}/" in log.read_text() for n in range(12, 40)), proc, 240,
+              "frames measured past warm-up")
+    out_text, took = _interrupt(proc, log)
+    lines = out_text.strip().splitlines()
+    print(f"bench stopped {took:.2f} s after SIGINT: {lines[-1]}")
+    assert proc.returncode == 130 and took < 20
+    assert len(lines) == 1 and lines[0].startswith("bench: stopped by SIGINT after ")
+    assert f"what ran is in {out / 'report.json'}" in lines[0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by"] == "SIGINT" and 0 < report["frames_processed"] < 3000
+    assert f"after {report['frames_processed']} frames processed" in lines[0]
+    assert report["frames_sent"] < 3000  # the producer ended its stream at the stop
+    assert (out / "summary.md").is_file() and (out / "frames.csv").is_file()
+    assert not list(out.glob(".work-*"))  # the scratch folder is removed as on a full run
+
+
+@pytest.fixture(scope="module")
+def stills(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder of 400 frames and one of their masks: far more than the wait below covers."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("stills")
+    (d / "images").mkdir()
+    (d / "masks").mkdir()
+    images, masks = _frames(20, start=0)
+    for i in range(400):
+        cv2.imwrite(str(d / "images" / f"{i:04d}.png"), images[i % 20])
+        cv2.imwrite(str(d / "masks" / f"{i:04d}.png"), masks[i % 20])
+    return d / "images", d / "masks"
+
+
+def test_predict_sigint_says_how_many_masks_where(stills, tmp_path):
+    out, log = tmp_path / "masks", tmp_path / "predict.log"
+    proc = _start(["predict", f"input={stills[0]}", f"output={out}", "model.backend=onnxruntime",
+                   "model.threads=1"], log)
+    _wait_for(lambda: len(list(out.glob("*.png"))) >= 3, proc, 240, "the first masks")
+    out_text, took = _interrupt(proc, log)
+    lines = out_text.strip().splitlines()
+    print(f"predict stopped {took:.2f} s after SIGINT: {lines[-1]}")
+    written = len(list(out.glob("*.png")))
+    assert proc.returncode == 130 and took < 15 and 3 <= written < 400
+    assert lines == [f"predict: stopped by SIGINT: {written} of 400 masks written to {out}"]
+
+
+def test_eval_sigint_says_how_far_it_got(stills, tmp_path):
+    log = tmp_path / "eval.log"
+    proc = _start(["eval", f"images={stills[0]}", f"masks={stills[1]}", "model.backend=onnxruntime",
+                   "model.threads=1", f"out={tmp_path / 'eval.json'}"], log)
+    time.sleep(8)  # loading or scoring: either way the stop must be clean and said
+    assert proc.poll() is None, log.read_text()[-2000:]
+    out_text, took = _interrupt(proc, log)
+    lines = out_text.strip().splitlines()
+    print(f"eval stopped {took:.2f} s after SIGINT: {lines[-1]}")
+    assert proc.returncode == 130 and took < 15 and len(lines) == 1
+    assert lines[0].startswith("eval: stopped by SIGINT after ") and " of 400 images; no scores written" in lines[0]
+    assert not (tmp_path / "eval.json").exists()

@@ -6,6 +6,10 @@ Compare mode: ``compare.variants`` (name -> overrides of this config) run interl
 ``compare.rounds`` rounds (A B C, B C A, ...), so that machine noise (here: a training job on
 the same two cores) falls on every variant alike; ratios are to ``compare.baseline``.
 Schema and meaning of every field: docs/BENCH.md.
+
+SIGINT/SIGTERM: the running scenario ends after its frame (producers send end-of-stream), no
+further run starts, and the outputs are written for what ran (``stopped_by`` in report.json);
+one line says so and where; exit 130/143.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from endostream.bench import clock as bench_clock
 
 from endostream.bench import models as bench_models
 from endostream.bench import report as bench_report
-from endostream.bench.scenarios import SCENARIOS, RunResult
+from endostream.bench.scenarios import SCENARIOS, STOP, RunResult
 from endostream.bench.source import describe
 from endostream.bench.stats import analyze
+from endostream.interrupt import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +269,14 @@ def run(cfg: Any) -> int:
     total = sum(int(c.frames) * int(c.producers) for c in cfgs.values()) * rounds
     t0 = time.monotonic()
     runs: dict[str, list[RunResult]] = {n: [] for n in names}
-    with tqdm(total=total, desc=f"bench {cfg.scenario}", unit="frame", file=sys.stderr,
-              disable=not cfg.progress) as bar:
+    STOP.clear()
+    with StopRequest(lambda _name: STOP.set()) as stop, \
+            tqdm(total=total, desc=f"bench {cfg.scenario}", unit="frame", file=sys.stderr,
+                 disable=not cfg.progress) as bar:
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+                if stop.requested:
+                    break
                 c = cfgs[name]
                 bar.set_postfix_str(name if len(names) > 1 else str(c.mode))
                 res = SCENARIOS[str(c.scenario)](c, bar.update)
@@ -275,6 +284,13 @@ def run(cfg: Any) -> int:
                     rec["variant"] = name
                 _mark_warmup(res, r, int(c.warmup))
                 runs[name].append(res)
+    if stop.requested:  # report what ran: the variants with frames measured past warm-up
+        names = [n for n in names if any(not rec["warmup"] for res in runs[n] for rec in res.records)]
+        if not names:
+            print(f"bench: stopped by {stop.requested} before any frame was measured past warm-up; "
+                  f"nothing written to {out}", flush=True)
+            return stop.exit_code
+        baseline = baseline if baseline in names else names[0]
     reports, series = {}, {}
     for name in names:
         live = runs[name][0].mode == "live"
@@ -289,7 +305,8 @@ def run(cfg: Any) -> int:
         report["compare"]["overrides"] = OmegaConf.to_container(cfg.compare.variants, resolve=True)
     report.update(clock=_clock(cfg), machine=bench_report.machine(),
                   elapsed_s=round(time.monotonic() - t0, 2),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+                  config=OmegaConf.to_container(cfg, resolve=True),
+                  **({"stopped_by": stop.requested} if stop.requested else {}))
     all_records = [rec for n in names for res in runs[n] for rec in res.records]
     order = sorted({b for rec in all_records for b in rec["stamps_ns"]},
                    key=lambda b: _order_index(b))
@@ -303,6 +320,10 @@ def run(cfg: Any) -> int:
                        *bench_report.plot_all(out, series)] + (["inference.csv"] if model_records else [])
     (out / "summary.md").write_text(bench_report.summary_md(report))
     bench_report.write_json(out / "report.json", report)
+    if stop.requested:
+        print(f"bench: stopped by {stop.requested} after {report['frames_processed']} frames processed; "
+              f"what ran is in {out / 'report.json'} (summary.md, frames.csv, plots)", flush=True)
+        return stop.exit_code
     e = report["end_to_end"]
     print(f"bench {report['scenario']} ({report['mode']}): sent {report['frames_sent']} processed "
           f"{report['frames_processed']} dropped {report['frames_dropped']} fps {report['fps']}; "

@@ -8,6 +8,8 @@ pipeline   producer process(es) -> the real Consumer (endostream.consumer.app): 
 
 Producers run as separate processes (spawned), as in deployment: they then neither share the
 consumer's GIL nor its clock problems (``time.monotonic_ns`` is one system-wide clock).
+They ignore a terminal's SIGINT: the bench decides, sets :data:`STOP`, and every running
+scenario ends after its frame (producers send end-of-stream and report what they sent).
 """
 
 from __future__ import annotations
@@ -17,15 +19,36 @@ import multiprocessing as mp
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from endostream.interrupt import children_ignore_sigint
+
 # Keys of the consumer's flat record rows that are stage stamps (everything else is metadata).
 _NOT_STAMPS = {"stream_id", "epoch", "seq", "newest_seq", "t_capture_ns", "latency_ms", "mask_seq",
                "mask_age_ms", "paused", "dice", "presence", "gated", "batch"}
+
+
+# Set from the bench's SIGINT/SIGTERM handler: the running scenario ends after its frame.
+STOP = threading.Event()
+_STOP_POLL_S = 0.1
+
+
+def _when_stopped(done: threading.Event, *actions: Callable[[], None]) -> None:
+    """Runs ``actions`` once if STOP is set before ``done``; from a thread, because a signal
+    handler must not take the locks the main thread may hold."""
+    def watch() -> None:
+        while not done.is_set():
+            if STOP.wait(_STOP_POLL_S):
+                for action in actions:
+                    action()
+                return
+
+    threading.Thread(target=watch, name="bench-stop", daemon=True).start()
 
 
 @dataclass
@@ -76,6 +99,9 @@ def _producer_main(args: dict[str, Any], results: Any) -> None:
         if args.get("duration_s"):  # soak: stream for a time instead of a count
             deadline = time.monotonic() + float(args["duration_s"])
             frames = itertools.takewhile(lambda _: time.monotonic() < deadline, frames)
+        stop = args.get("stop")
+        if stop is not None:  # the bench was interrupted: end the stream after this frame
+            frames = itertools.takewhile(lambda _: not stop.is_set(), frames)
         with open_sender(args["transport"], codec=args["codec"], jpeg_quality=args["jpeg_quality"],
                          send_mask=bool(args.get("send_gt"))) as sender:
             time.sleep(args["connect_wait_s"])  # PUB/SUB: frames before the subscription are lost
@@ -90,16 +116,19 @@ class Producers:
 
     def __init__(self, n: int, base_args: dict[str, Any]) -> None:
         ctx = mp.get_context("spawn")  # no fork after onnxruntime/torch started threads
-        self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_producer_main, args=({**base_args, "stream_id": i}, self.results),
-                                  daemon=True) for i in range(n)]
+        self.results, self.stop, self._done = ctx.Queue(), ctx.Event(), threading.Event()
+        self.procs = [ctx.Process(target=_producer_main, args=({**base_args, "stream_id": i, "stop": self.stop},
+                                                               self.results), daemon=True) for i in range(n)]
 
     def start(self) -> None:
-        for p in self.procs:
-            p.start()
+        with children_ignore_sigint():
+            for p in self.procs:
+                p.start()
+        _when_stopped(self._done, self.stop.set)
 
     def join(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         out = []
+        self._done.set()
         for _ in self.procs:
             try:
                 out.append(self.results.get(timeout=timeout_s))
@@ -152,7 +181,7 @@ def run_transport(cfg: Any, progress: Callable[[int], None]) -> RunResult:
         prods = Producers(n, _producer_args(cfg, tb, count))
         prods.start()
         last = time.monotonic()
-        while len(ended) < n and time.monotonic() - last < float(cfg.idle_timeout_s):
+        while len(ended) < n and time.monotonic() - last < float(cfg.idle_timeout_s) and not STOP.is_set():
             if isinstance(rx, LiveReceiver):
                 msgs = rx.recv_newest(50)
                 ended |= {sid for sid, st in rx.stats.streams.items() if st.ended}
@@ -202,6 +231,8 @@ def run_model(cfg: Any, progress: Callable[[int], None]) -> RunResult:
                                            count=min(64, int(cfg.frames)), pace=False, stream_id=0)]
     records = []
     for i in range(int(cfg.frames)):
+        if STOP.is_set():
+            break
         t0 = time.monotonic_ns()
         pred = seg.segment(images[i % len(images)], 0)
         records.append({"stream_id": 0, "seq": i, "t_capture_ns": t0,
@@ -263,9 +294,12 @@ def run_pipeline(cfg: Any, progress: Callable[[int], None]) -> RunResult:
         consumer, _, _ = build(_consume_cfg(cfg, tb, work, modality), on_record=on_record)
         prods = Producers(int(cfg.producers), _producer_args(cfg, tb, int(cfg.frames)))
         prods.start()
+        running = threading.Event()
+        _when_stopped(running, lambda: setattr(consumer, "stop_requested", True))
         try:
             summary = consumer.run()
         finally:
+            running.set()
             consumer.rx.close()
         reports = prods.join()
         sent = sum(r["frames_sent"] for r in reports)

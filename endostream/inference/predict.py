@@ -2,6 +2,7 @@
 
 Never deletes anything in the output folder. ``sequence=true`` streams the folder in natural
 order through one temporal memory (with warm start); the default treats images independently.
+SIGINT/SIGTERM: stops after the image in hand; one line says how many masks were written where.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from endostream.fileutil import atomic_write_bytes
 from endostream.inference.segmenter import load_segmenter
 from endostream.capture.sources import IMAGE_EXTS, image_files
+from endostream.interrupt import StopRequest
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -36,10 +38,24 @@ def run(cfg) -> int:
     if not images:
         raise FileNotFoundError(f"no images (png/jpg/bmp/tif) in {src}")
     dst.mkdir(parents=True, exist_ok=True)
-    seg = load_segmenter(**cfg.model)
-    failed = 0
+    with StopRequest() as stop:
+        seg = load_segmenter(**cfg.model)
+        written, failed = _predict_all(seg, images, dst, bool(cfg.sequence), stop)
+    if stop.requested:
+        print(f"predict: stopped by {stop.requested}: {written} of {len(images)} masks written to {dst}",
+              flush=True)
+        return stop.exit_code
+    print(f"predict: {written} masks written to {dst}" + (f", {failed} unreadable" if failed else ""))
+    return 1 if failed else 0
+
+
+def _predict_all(seg, images: list[Path], dst: Path, sequence: bool, stop: StopRequest) -> tuple[int, int]:
+    """Masks for ``images`` until done or stopped; (written, unreadable)."""
+    written = failed = 0
     for p in images:
-        if not cfg.sequence:
+        if stop.is_set():
+            break
+        if not sequence:
             seg.reset()
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
@@ -49,5 +65,5 @@ def run(cfg) -> int:
         mask = seg.segment(img).mask.astype(np.uint8) * 255
         ok, png = cv2.imencode(".png", mask)
         atomic_write_bytes(dst / f"{p.stem}.png", png.tobytes())
-    print(f"predict: {len(images) - failed} masks written to {dst}" + (f", {failed} unreadable" if failed else ""))
-    return 1 if failed else 0
+        written += 1
+    return written, failed

@@ -4,17 +4,22 @@ Metrics follow the SUN-SEG video protocol (endostream.training.metrics). Stills 
 with the memory reset; sequences are streamed in order, so temporal memory and warm start act
 as they do live. Also reported: Dice by polyp size, CPU latency per frame, and mask flicker on
 clips synthesised from the validation stills.
+
+SIGINT/SIGTERM: stops after the image in hand and says how far it got; no scores are written
+(they would cover part of the set only).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from endostream.interrupt import Interrupted, StopRequest
 from endostream.training.metrics import VideoMetrics, dice_binary
 from endostream.inference.segmenter import Segmenter, load_segmenter
 
@@ -26,13 +31,17 @@ def size_bin(gt: np.ndarray) -> str:
     return next(name for name, lo, hi in SIZE_BINS if lo <= frac < hi)
 
 
-def score_items(seg: Segmenter, items, group_of=lambda it: it.group) -> dict:
-    """items: objects with .image (BGR), .gt (0/1), .group, .sequence (-1 = independent still)."""
+def score_items(seg: Segmenter, items, group_of=lambda it: it.group,
+                should_stop: Callable[[], bool] | None = None) -> dict:
+    """items: objects with .image (BGR), .gt (0/1), .group, .sequence (-1 = independent still).
+    Raises :class:`Interrupted` when ``should_stop`` says so (asked before every image)."""
     by_group: dict[str, VideoMetrics] = {}
     by_size: dict[str, list[float]] = {}
     times: list[float] = []
     last = None
     for i, it in enumerate(items):
+        if should_stop is not None and should_stop():
+            raise Interrupted(i, len(items))
         key = f"still{i}" if it.sequence < 0 else f"seq{it.sequence}"
         if key != last:
             seg.reset()
@@ -51,7 +60,8 @@ def score_items(seg: Segmenter, items, group_of=lambda it: it.group) -> dict:
     return out
 
 
-def flicker(seg: Segmenter, items, *, clips: int = 30, length: int = 8, seed: int = 0) -> dict[str, float]:
+def flicker(seg: Segmenter, items, *, clips: int = 30, length: int = 8, seed: int = 0,
+            should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Mean 1 - Dice between consecutive predicted masks where the ground truth barely moves
     (consecutive GT Dice > 0.95), on clips made from stills with smooth simulated camera motion."""
     from endostream.training.augment import camera_motion, warp  # eval-only dependency
@@ -60,6 +70,8 @@ def flicker(seg: Segmenter, items, *, clips: int = 30, length: int = 8, seed: in
     stills = [it for it in items if it.sequence < 0]
     values: list[float] = []
     for c in range(min(clips, len(stills))):
+        if should_stop is not None and should_stop():  # every image was scored; the clips were not
+            raise Interrupted(len(items), len(items))
         it = stills[int(rng.integers(len(stills)))]
         img = cv2.resize(it.image, (384, 320))
         gt = cv2.resize(it.gt.astype(np.uint8), (384, 320), interpolation=cv2.INTER_NEAREST)
@@ -88,6 +100,16 @@ def ablation_markdown(rows: list[dict], first_col: str = "setting") -> str:
 
 
 def run(cfg) -> int:
+    with StopRequest() as stop:
+        try:
+            return _run(cfg, stop)
+        except Interrupted as exc:
+            print(f"eval: stopped by {stop.requested} after {exc.done} of {exc.total} images; "
+                  "no scores written (they would cover part of the set)", flush=True)
+            return stop.exit_code
+
+
+def _run(cfg, stop: StopRequest) -> int:
     seg = load_segmenter(**cfg.model)
     if cfg.images:
         items = _folder_items(Path(cfg.images), Path(cfg.masks), bool(cfg.sequence))
@@ -98,9 +120,12 @@ def run(cfg) -> int:
         items = load_eval_items(load_splits(cfg.data.root, val_only=True).val)
     result = {"config": {k: seg.info.get(k) for k in ("backend", "steps", "warm_start", "input_size",
                                                          "weights_sha256", "trained")},
-              "use_temporal": bool(cfg.model.use_temporal), **score_items(seg, items)}
+              "use_temporal": bool(cfg.model.use_temporal),
+              **score_items(seg, items, should_stop=stop.is_set)}
+    if stop.requested:  # between the last image and here
+        raise Interrupted(len(items), len(items))
     if cfg.flicker:
-        result["flicker"] = flicker(seg, items)
+        result["flicker"] = flicker(seg, items, should_stop=stop.is_set)
     text = json.dumps(result, indent=2)
     print(text)
     if cfg.out:
