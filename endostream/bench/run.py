@@ -329,8 +329,7 @@ def run(cfg: Any) -> int:
           f"{report['frames_processed']} dropped {report['frames_dropped']} fps {report['fps']}; "
           f"end to end p50 {e['p50_ms']} p95 {e['p95_ms']} p99 {e['p99_ms']} max {e['max_ms']} ms"
           f" -> {out / 'report.json'}")
-    if len(names) > 1:
-        print("\n".join(bench_models.compare_lines(report["compare"]["variants"])))
+    print("\n".join(bench_models.compare_lines(report["compare"]["variants"] if len(names) > 1 else {names[0]: report})))
     return 0
 
 
