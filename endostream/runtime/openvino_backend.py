@@ -7,8 +7,9 @@ float32; the plugin converts inside). ``precision``: ``auto`` (bf16 where ``cpu_
 units and OpenVINO reports BF16, else f32), ``bf16`` (falls back to f32 with a warning where the
 units are absent, so a config written on one machine runs on another) or ``fp32``.
 
-One compiled model per batch size, compiled with a static shape on first use (a static batch-1
-graph runs faster than the dynamic one and the live worker sends batches 1..max_batch only).
+One compiled model per batch size 1..``max_batch``, each with a static shape, all compiled when
+the backend is built (about 0.5 s each): a static graph ran 15-20 % faster than one dynamic-batch
+graph at batch 1 and 2, and a compile inside the live stream had cost a few frames their masks.
 Each keeps one infer request; inputs and outputs are shared with numpy (no copy, no allocation
 per call), so an ``encode`` result stays valid only until the next ``encode`` call of that batch
 size (the Segmenter reads it before the next frame, like the CUDA-graph backends' buffers).
@@ -82,7 +83,7 @@ class OpenVinoBackend:
     numpy float32 arrays (views of the request's output tensors)."""
 
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, config: dict[str, Any], *,
-                 threads: int = 2, precision: str = "auto", max_batch: int = 1,
+                 threads: int = 2, precision: str = "auto", max_batch: int = 1, pin: bool = False,
                  caps: CpuCaps | None = None) -> None:
         if ov is None:
             raise RuntimeError("openvino is not installed: pip install openvino")
@@ -91,12 +92,16 @@ class OpenVinoBackend:
         self.precision = resolve_precision(str(precision), self.caps,
                                            list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
         # One stream of ``threads`` threads: latency, not throughput (the live worker calls one
-        # frame batch at a time); explicit so the display path keeps its core.
+        # frame batch at a time). ``pin`` binds those threads to cores, OpenVINO's default on Linux;
+        # off here: a pinned thread cannot move off a core that the display or another process
+        # holds (live pipeline on the loaded 2-core machine, encoder p50 20.2 ms pinned vs 14.2 ms
+        # not, docs/RUNTIME.md).
         props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision], "INFERENCE_NUM_THREADS": max(1, int(threads)),
-                 "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+                 "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pin)}
         self._encode = _Graph(core, encode_path, props)
         self._denoise = _Graph(core, denoise_path, props)
-        self._encode.request(1)  # compile batch 1 now: a load error shows at start-up, not mid-stream
+        for batch in range(1, max(1, int(max_batch)) + 1):  # never a compile mid-stream
+            self._encode.request(batch)
         self.name = f"openvino-{self.precision}"
         self.device = "cpu"
         self.config = dict(config)

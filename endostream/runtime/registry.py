@@ -19,7 +19,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # batch, so there it only sizes the TensorRT EP's profile or nothing at all).
 OPTIONS = {"torch": {"precision", "cuda_graphs", "compile", "max_batch"},
            "onnxruntime": {"precision", "max_batch", "spin"},
-           "openvino": {"precision", "max_batch"},
+           "openvino": {"precision", "max_batch", "pin"},
            "tensorrt": {"precision", "cuda_graphs", "max_batch", "opt_batch", "engine_cache"}}
 
 
