@@ -124,4 +124,5 @@ def test_bench_multi_searches_the_rooms_and_saves_the_largest(tmp_path) -> None:
     cap = json.loads((out / "capacity.json").read_text())
     assert [s["rooms"] for s in cap["steps"]] == [1] and cap["rooms_max"] == (1 if cap["steps"][0]["met"] else 0)
     assert cap["machine"]["cpu"] and cap["backend"] and set(cap["steps"][0]["per_room"]) == {"0"}
+    assert cap["machine"]["cpu_caps"]["model"] and "bf16_units" in cap["machine"]["cpu_caps"]  # names the CPU path
     assert "rooms meeting the goals on this machine" in proc.stdout and (out / "rooms-1" / "report.json").is_file()

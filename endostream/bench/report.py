@@ -32,6 +32,9 @@ def machine() -> dict[str, Any]:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
                             "python": sys.version.split()[0]}
+    from endostream.runtime.cpu_caps import probe
+
+    info["cpu_caps"] = probe().as_dict()  # the flags behind the CPU path ``auto`` picks (backend)
     try:
         import psutil
 
