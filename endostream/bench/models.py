@@ -53,15 +53,24 @@ def model_figures(kept: list[dict[str, Any]], model_kept: list[dict[str, Any]],
     return {"model_ms": m, "dice": dice_of_shown(kept), "rooms_served": rooms_served(m, streams, min_mask_fps)}
 
 
+def mask_age(report: dict[str, Any]) -> dict[str, Any]:
+    """The shown mask's age: live, the mask path; lossless, the end to end (each frame shown with
+    its own mask); {} where nothing is shown (scenario=model)."""
+    if report.get("mask_end_to_end"):
+        return report["mask_end_to_end"]
+    return report.get("end_to_end") or {} if report.get("end_boundary") == "sink" else {}
+
+
 def compare_lines(variants: dict[str, dict[str, Any]]) -> list[str]:
     """One printed line per variant: the model, its time, the mask's age, rooms served, Dice."""
     lines = []
     for name, v in variants.items():
-        mk, m, rooms, d = (v.get("mask_end_to_end") or v.get("end_to_end") or {}), v.get("model_ms") or {}, \
-            v.get("rooms_served") or {}, v.get("dice") or {}
+        mk, m, rooms, d = mask_age(v), v.get("model_ms") or {}, v.get("rooms_served") or {}, v.get("dice") or {}
+        age = f"mask age p50 {mk['p50_ms']} p99 {mk['p99_ms']} ms" if mk else "no mask age (no pipeline)"
+        measured = (f"{rooms['measured']} of {rooms['streams']} measured" if rooms.get("measured") is not None
+                    else "none measured (no pipeline)")
         lines.append(f"  {name}: {v.get('kind', 'diffusion')} {v.get('backend')} ({v.get('model_file')}): model p50 "
-                     f"{m.get('p50_ms')} p99 {m.get('p99_ms')} ms; mask age p50 {mk.get('p50_ms')} p99 "
-                     f"{mk.get('p99_ms')} ms; rooms at {rooms.get('mask_fps_per_room')} fps: "
-                     f"{rooms.get('by_model_time')} by model time, {rooms.get('measured')} of "
-                     f"{rooms.get('streams')} measured; Dice {d.get('mean')} ({d.get('frames')} frames)")
+                     f"{m.get('p50_ms')} p99 {m.get('p99_ms')} ms; {age}; rooms at {rooms.get('mask_fps_per_room')} "
+                     f"masks/s: {rooms.get('by_model_time')} by model time, {measured}; "
+                     f"Dice {d.get('mean')} ({d.get('frames')} frames)")
     return lines

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from endostream.bench.models import mask_age
 from endostream.bench.stats import stage_durations
 
 _PACKAGES = ("endostream", "numpy", "torch", "onnxruntime", "pyzmq", "opencv-python-headless",
@@ -173,7 +174,7 @@ def summary_md(report: Mapping[str, Any]) -> str:
         lines += ["", "## Models", "", "| variant | model | backend | model p50 (ms) | model p99 (ms) | mask p50 (ms) "
                   "| mask p99 (ms) | rooms by model time | rooms measured | Dice of shown masks |", "|---" * 10 + "|"]
         for name, v in cmp["variants"].items():
-            mk, m = v.get("mask_end_to_end") or v["end_to_end"], v.get("model_ms") or {}
+            mk, m = mask_age(v), v.get("model_ms") or {}
             rooms, d = v.get("rooms_served") or {}, v.get("dice") or {}
             lines.append(f"| {name} | {v.get('kind')} | {v.get('backend')} | {_fmt(m.get('p50_ms'))} | "
                          f"{_fmt(m.get('p99_ms'))} | {_fmt(mk.get('p50_ms'))} | {_fmt(mk.get('p99_ms'))} | "
