@@ -98,6 +98,30 @@ def test_exported_k0_graph_gives_the_native_masks(k0):
     assert agree / total > 0.995, f"mask agreement {agree / total:.5f}"
 
 
+def test_k0_export_of_weights_with_refinement_inputs(tmp_path):
+    """Fifth-generation networks (refine_inputs: the encode pass also conditions the denoiser on
+    the K=0 mask and the image) export their K=0 pass alike, and it still equals the native pass
+    (here the torch backend on a randomly initialised network of that shape)."""
+    import torch
+
+    from endostream.model.io import save_weights
+    from endostream.model.network import NetConfig, PolypNet
+    from endostream.runtime.export import export_single_pass
+
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=128, encoder="efficientnet_lite0", refine_inputs=True)).eval()
+    weights = tmp_path / "gen5.pt"
+    save_weights(net, weights, {"trained": False})
+    contract = export_single_pass(weights, tmp_path)
+    assert contract["size"] == 128 and contract["output"] == "logits"
+    single = load_segmenter(kind="onnx", graph=contract, backend="onnxruntime", threads=1)
+    native = load_segmenter(weights=str(weights), backend="torch", steps=0, warm_start=False, use_temporal=False,
+                            presence_threshold=0.0, threads=1)
+    for frame in validation_frames(2):
+        a, b = single.segment(frame), native.segment(frame)
+        assert np.abs(a.prob - b.prob).max() < 1e-4
+
+
 def test_onnx_yaml_repeats_the_contract_defaults():
     block = yaml.safe_load((ROOT / "configs" / "model" / "onnx.yaml").read_text())["graph"]
     block.pop("path")
@@ -162,6 +186,9 @@ def test_wrong_fixed_size_and_channels_are_one_line(k0, tmp_path):
     with pytest.raises(ContractError) as exc:
         GraphContract.from_mapping({"path": "x.onnx", "layout": "CHW"})
     assert "NCHW, NHWC" in one_line(exc)
+    with pytest.raises(ContractError) as exc:  # model=onnx without model.graph.path
+        GraphContract.from_mapping({"path": "???"})
+    assert "set model.graph.path" in one_line(exc)
 
 
 def test_output_types_give_one_probability():

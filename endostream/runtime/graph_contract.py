@@ -66,8 +66,8 @@ class GraphContract:
         return c
 
     def validate(self) -> None:
-        if not self.path:
-            raise ContractError("the graph contract names no ONNX file (model.graph.path)")
+        if not self.path or self.path == "???":  # "???": configs/model/onnx.yaml's unset path
+            raise ContractError("the graph contract names no ONNX file: set model.graph.path")
         if self.layout not in LAYOUTS:
             raise ContractError(f"graph layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.output_layout is not None and self.output_layout not in LAYOUTS:
