@@ -22,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TextIO
 
 from endostream.capture.sources import FrameSource, SourceError, open_source
-from endostream.protocol.factory import open_sender
+from endostream.protocol.factory import open_sender, resolve_endpoint
 from endostream.protocol.live import LiveSender
 from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
@@ -83,6 +83,41 @@ class StopSignals:
             self._in_source = False
 
 
+NOBODY_FIRST_S = 3.0    # no consumer has taken a frame this long after the first: say so...
+NOBODY_REPEAT_S = 30.0  # ...and again this often while that lasts
+
+
+class NobodyListening:
+    """Warns when no consumer has taken this producer's connection ``first_s`` after the first
+    frame, and again every ``repeat_s`` while that lasts (a tower started before the consumer
+    otherwise streams into the void in silence); one line when a consumer does connect."""
+
+    def __init__(self, sender: LiveSender | LosslessSender, endpoint: str,
+                 first_s: float = NOBODY_FIRST_S, repeat_s: float = NOBODY_REPEAT_S) -> None:
+        self.sender, self.endpoint = sender, endpoint
+        self.first_s, self.repeat_s = first_s, repeat_s
+        self.warnings = 0
+        self._t0: float | None = None
+        self._next = 0.0
+
+    def check(self, now: float) -> None:
+        """Call after each frame sent; cheap until a check is due."""
+        if self._t0 is None:
+            self._t0, self._next = now, now + self.first_s
+        if now < self._next:
+            return
+        if not self.sender.never_accepted:  # a consumer took the connection: nothing more to say
+            if self.warnings:
+                log.info("a consumer at %s is taking the frames now", self.endpoint)
+            self._next = float("inf")
+            return
+        self.warnings += 1
+        self._next = now + self.repeat_s
+        log.warning("no consumer at %s has taken this producer's frames in %.0f s (%d sent, all "
+                    "dropped): start `endostream consume` there, or check transport.endpoint",
+                    self.endpoint, now - self._t0, self.sender.stats.sent)
+
+
 class Progress:
     """One status line (frames, fps, drops) rewritten at most once per ``interval_s``, only
     when ``stream`` is a terminal. ``log_filter`` wipes it before a log line is printed."""
@@ -125,7 +160,8 @@ class Progress:
 def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *,
                  pace_fps: float | None = None, drain_timeout_s: float = 60.0,
                  eos_wait_s: float = 5.0, stream_ids: Iterable[int] = (),
-                 stop: StopSignals | None = None, progress: Progress | None = None) -> dict:
+                 stop: StopSignals | None = None, progress: Progress | None = None,
+                 listening: NobodyListening | None = None) -> dict:
     """Send every frame, then end each stream. Returns counts and rates.
 
     ``pace_fps``: sleep to this rate (for sources that are not paced themselves); frames
@@ -137,6 +173,7 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     ``stream_ids``: streams that get end-of-stream even if none of their frames was sent
     (a network source stopped before its first frame).
     ``stop``: a stop request ends the loop early; end-of-stream is still sent.
+    ``listening``: checked after every frame (warns while no consumer takes them).
     A source that fails (``SourceError``) is reported to the consumer as lost, not ended.
     """
     lossless = isinstance(sender, LosslessSender)
@@ -165,6 +202,8 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
                 sender.send(frame, timeout_s=drain_timeout_s)
             else:
                 sender.send(frame)
+            if listening is not None:
+                listening.check(time.monotonic())
             if progress is not None:
                 drops = sender.stats.refused + (source_stats.dropped if source_stats else 0)
                 progress.update(n, drops, lost=bool(source_stats and source_stats.lost))
@@ -254,6 +293,7 @@ def run(cfg) -> int:
                          send_mask=bool(cfg.send_gt)) as sender:
             summary = run_producer(frames, sender, stop=stop,
                                    progress=progress,
+                                   listening=NobodyListening(sender, resolve_endpoint(cfg.transport)),
                                    drain_timeout_s=float(cfg.transport.lossless.drain_timeout_s))
     summary["mode"] = cfg.transport.mode
     print(json.dumps(summary))
