@@ -23,6 +23,9 @@ class Frame:
     modality: str = "colonoscopy"
     stamps_ns: dict[str, int] = field(default_factory=dict)
     gt_mask: np.ndarray | None = None  # HxW uint8 {0,255} when the source has ground truth
+    # The sending producer's epoch (wire protocol) when the frame came over the transport: with
+    # stream_id and seq it names the frame uniquely, however often producers restart.
+    epoch: int | None = None
 
 
 @dataclass

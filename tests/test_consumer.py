@@ -66,7 +66,9 @@ def test_lossless_delivers_every_seq_once_in_order(tmp_path, procs, clip_dir):
     s = summary(out)
     assert [int(r["seq"]) for r in read_rows(out / "frames.csv")] == list(range(30))
     assert [int(r["seq"]) for r in read_rows(out / "inference.csv")] == list(range(30))
-    assert sorted(p.name for p in (out / "masks").glob("*.png")) == [f"s0_{i:08d}.png" for i in range(30)]
+    names = sorted(p.name for p in (out / "masks").glob("*.png"))  # s<stream>_e<epoch>_<seq>.png
+    assert len({n.split("_")[1] for n in names}) == 1 and names[0].split("_")[1][0] == "e"
+    assert [n.split("_")[2] for n in names] == [f"{i:08d}.png" for i in range(30)]
     assert count_video_frames(out / "overlay.mp4") == 30
     assert (s["frames_sent"], s["frames_processed"], s["frames_dropped"]) == (30, 30, 0)
     # the state that lets a restarted consumer resume lives in the output folder

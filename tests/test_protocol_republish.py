@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from endostream.consumer.sinks import SinkError, ZmqRepublishSink
+from endostream.consumer.republish_sink import ZmqRepublishSink
+from endostream.consumer.sinks import SinkError
 from endostream.protocol import security, wire
 from endostream.protocol.wire import EndOfStream, FrameMessage, SourceLost
 from endostream.types import Frame, Prediction

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from endostream.consumer.sinks import (GuardedSink, MaskSink, SinkError, VideoSink, WindowSink, ZmqRepublishSink,
+from endostream.consumer.republish_sink import ZmqRepublishSink
+from endostream.consumer.sinks import (GuardedSink, MaskSink, SinkError, VideoSink, WindowSink,
                               gui_available, make_sinks)
 from endostream.types import Frame, Prediction
 

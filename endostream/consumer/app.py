@@ -45,13 +45,13 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from endostream.consumer.worker import (Inference, InferenceWorker, MaskResult, ModalitySpec,
                                            ModelRouter, modality_spec)
+from endostream.consumer.durable import DurableAcks
 from endostream.consumer.persistence import StreamFilters
 from endostream.consumer.stages import Controls, OverlayStage, Shown, SinkStage
 from endostream.consumer.ports import StartupError, check_viewer_ports, endpoint_in_use, viewer_specs
@@ -59,6 +59,9 @@ from endostream.consumer.signal import SignalCards, SignalTracker
 from endostream.consumer.telemetry import (RecordCallback, Records, StreamInfo, Telemetry, dice,
                                            percentiles, read_journal)
 from endostream.consumer.overlay import HudInfo
+from endostream.consumer.streams import StreamTable
+from endostream.protocol.limits import MAX_STREAMS
+from endostream.protocol.ratelog import RateLimitedLog
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class ConsumerOptions:
     wait_ms: float = 0.0  # issue 17: live display waits up to this for a frame's own mask
     note: str = ""  # extra HUD text
     no_signal_after_ms: float = 1000.0  # a live stream without frames this long is "no signal"
+    max_streams: int = MAX_STREAMS  # live: stream ids kept at once (consumer.streams)
 
 
 
@@ -99,15 +103,20 @@ class Consumer:
         self.exit_reason = ""
         self.stop_requested = False
         self._ends_seen: set[tuple[int, int]] = set()
-        self._pending: deque[tuple[Any, dict[str, Any] | None, list]] = deque()  # lossless: not yet durable
         self._row: dict[str, Any] | None = None
+        self.acks = DurableAcks(receiver, sinks.sinks, lambda row: records.write("shown", row)) \
+            if options.mode == "lossless" else None
+        self._error_log = RateLimitedLog(log)
         self.signal = SignalTracker(options.no_signal_after_ms)
+        self.table = StreamTable(options.max_streams, options.no_signal_after_ms / 1000.0)
         main = router.infos()[0] if router.infos() else {}
         self.cards = SignalCards(self.signal, sinks.sinks, self.tel, {
             "model": Path(str(main.get("weights") or "")).stem or None, "backend": main.get("backend"),
             "steps": main.get("steps"), "trained": main.get("trained"),
             # a single-pass model says what it lacks (inference/single_pass.py)
             **({"absent": main["absent"]} if main.get("absent") else {})}, live=options.mode == "live")
+        if options.mode == "live":
+            self.cards.is_room = self.table.is_room  # no NO SIGNAL card for a stray stream id
         infos = router.infos()
         self.default_trained = bool(infos[0].get("trained", False)) if infos else True
         self.model_note = str(main.get("hud_note") or "")
@@ -140,26 +149,9 @@ class Consumer:
 
     def _record_shown(self, row: dict[str, Any]) -> None:
         if self.opt.mode == "lossless":
-            self._row = row  # journalled once the sinks made the frame durable (_commit_durable)
+            self._row = row  # journalled once the sinks made the frame durable (DurableAcks)
         else:
             self.records.write("shown", row)
-
-    def _defer(self, msg: Any, row: dict[str, Any] | None) -> None:
-        """Lossless: journal and ack ``msg`` once every sink holds it durably (the video sink's
-        fragment is written when the next frame comes; others are durable when written)."""
-        marks = [(g, g.sink.frames_written) for g in self.sinks.sinks if hasattr(g.sink, "durable_count")]
-        self._pending.append((msg, row, marks))
-        self._commit_durable()
-
-    def _commit_durable(self, everything: bool = False) -> None:
-        while self._pending:
-            msg, row, marks = self._pending[0]
-            if not everything and any(not g.disabled and g.sink.durable_count < n for g, n in marks):
-                return
-            self._pending.popleft()
-            if row is not None:
-                self.records.write("shown", row)
-            self.rx.ack_message(msg)  # after the journal: finished means durably written
 
     def _idle(self, last_activity: float) -> bool:
         if time.monotonic() - last_activity > self.opt.idle_timeout_s:
@@ -181,7 +173,7 @@ class Consumer:
         try:
             while not self.stop_requested:
                 self.overlay.controls.poll()
-                msgs = self._newest_frames()
+                msgs = self._admitted(self._newest_frames(), worker)
                 worker.submit_many([(m.frame, m.epoch) for m in msgs])  # issue 17: one batch for all streams
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
@@ -193,6 +185,7 @@ class Consumer:
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
                 self._live_ends(worker)
+                self._forget(self.table.expire(time.monotonic()), worker)
                 self.cards.tick()
                 if self.opt.max_frames is not None and self.tel.shown >= self.opt.max_frames:
                     self.exit_reason = f"max_frames={self.opt.max_frames}"
@@ -217,6 +210,27 @@ class Consumer:
                 newest[m.stream_id] = m
         return list(newest.values())
 
+    def _admitted(self, msgs: list[Any], worker: InferenceWorker) -> list[Any]:
+        """The frames of streams the table admits (stream ids are bounded: consumer.streams)."""
+        now = time.monotonic()
+        ok = [m for m in msgs if self.table.admit(m.stream_id, now)]
+        ok = [m for m in ok if m.stream_id in self.table]  # not evicted by a later id of this batch
+        if len(ok) < len(msgs):
+            self._error_log("streams_full", f"{len(msgs) - len(ok)} frame(s) of new stream ids "
+                            f"refused: {self.table.max_streams} streams are sending "
+                            "(transport.max_streams)")
+        self._forget(self.table.expire(now), worker)
+        return ok
+
+    def _forget(self, stream_ids: list[int], worker: InferenceWorker) -> None:
+        """Drop every trace of evicted streams: telemetry, signal state, cards, model memory."""
+        for sid in stream_ids:
+            self.tel.forget(sid)
+            self.signal.streams.pop(sid, None)
+            self.cards.shown.pop(sid, None)
+            worker.reset(sid)
+            self._ends_seen = {k for k in self._ends_seen if k[0] != sid}
+
     def _live_frame(self, worker: InferenceWorker, msg: Any, deadline_ns: int) -> None:
         frame, epoch = msg.frame, msg.epoch
         try:
@@ -234,6 +248,8 @@ class Consumer:
         """The live receiver reports end-of-stream and source-lost in its stats (``ended``,
         ``lost``: a source-lost notice and no frame since), not as messages."""
         for sid, rs in list(self.rx.stats.streams.items()):
+            if sid not in self.table:
+                continue  # refused or evicted: no state, no card
             if getattr(rs, "lost", False):
                 self.signal.on_lost(sid, time.monotonic())
             if not rs.ended or rs.epoch is None or (sid, rs.epoch) in self._ends_seen:
@@ -265,12 +281,17 @@ class Consumer:
             if isinstance(msg, EndOfStream):
                 self.tel.on_end(msg.stream_id, msg.epoch, msg.seq)
                 self.inference.reset(msg.stream_id)
-                self._defer(msg, None)
+                self.acks.add(msg, None)
+                self.acks.sync()  # this stream's last frames must not wait for another stream
                 self.signal.on_end(msg.stream_id, time.monotonic(), msg.seq)
                 if self._all_ended():
                     break
                 continue
-            self._lossless_frame(msg)
+            if self.acks.stopped is None:
+                self._lossless_frame(msg)
+            else:  # nothing is written once acknowledgement stopped (DurableAcks)
+                self.tel.on_frame(msg.frame, msg.epoch)
+                self.acks.add(msg, None)
             if self.opt.max_frames is not None and self.inference.total_processed >= self.opt.max_frames:
                 self.exit_reason = f"max_frames={self.opt.max_frames}"
                 break
@@ -281,9 +302,9 @@ class Consumer:
         if frame.seq <= self.journal.get((frame.stream_id, epoch), -1):
             # Written by a previous run that was killed before its ack: ack, never rewrite.
             self.duplicates_skipped += 1
-            self._defer(msg, None)
+            self.acks.add(msg, None)
             return
-        self._row = None
+        self._row, why = None, ""
         try:
             result = self.inference.run(frame, epoch)
             if result is not None:
@@ -292,13 +313,13 @@ class Consumer:
             self._show(frame, epoch, result, st)
         except Exception as exc:  # noqa: BLE001
             self._error(frame, exc)
-        self._defer(msg, self._row)
+            why = f"stream {frame.stream_id} seq {frame.seq} could not be drawn: {type(exc).__name__}: {exc}"
+        self.acks.add(msg, self._row, ok=not why, why=why)
 
     def _error(self, frame: Frame, exc: Exception) -> None:
         self.errors += 1
-        if self.errors == 1 or self.errors % 100 == 0:
-            log.error("stream %d seq %d not shown (%d errors so far): %s: %s", frame.stream_id,
-                      frame.seq, self.errors, type(exc).__name__, str(exc).splitlines()[0][:200])
+        self._error_log("frame_error", f"stream {frame.stream_id} seq {frame.seq} not shown: "
+                        f"{type(exc).__name__}: {exc}", logging.ERROR)
 
     # ---- all
     def run(self) -> dict[str, Any]:
@@ -312,7 +333,8 @@ class Consumer:
                 self.exit_reason = "stopped by signal"
             self.cards.final()
             self.sinks.close()
-            self._commit_durable(everything=True)  # closed sinks hold every frame
+            if self.acks is not None:
+                self.acks.commit()  # closed sinks hold every frame they accepted
             self.records.close()
         return self.summary()
 
@@ -358,6 +380,9 @@ class Consumer:
                                    "last_seq": s.last_seq, "gaps": list(s.gaps)}
                         for sid, s in tel.streams.items()},
             "sink_errors": self.sinks.errors(),
+            "streams_held": len(self.tel.streams), "streams_evicted": self.table.evicted,
+            "frames_refused_streams_full": self.table.refused,
+            **(self.acks.summary() if self.acks is not None else {}),
             "signal": self.cards.summary(),
             "elapsed_s": round(time.monotonic() - self._t_start, 2),
             "exit_reason": self.exit_reason,
@@ -377,16 +402,6 @@ def _prepare_out(out: Path) -> str | None:
     except OSError as exc:
         return f"output folder {out} is not writable: {exc.strerror or exc}"
     return None
-
-
-def _next_free(path: Path) -> Path:
-    """``overlay.mp4`` -> ``overlay.1.mp4``... the first name not taken (a resumed run must not
-    overwrite what the killed one wrote)."""
-    i = 1
-    while path.exists():
-        path = path.with_name(f"{path.stem.split('.')[0]}.{i}{path.suffix}")
-        i += 1
-    return path
 
 
 def _is_source_lost(msg: Any) -> bool:
@@ -423,7 +438,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
     from omegaconf import OmegaConf
 
     from endostream.cli import config_dir
-    from endostream.consumer.sinks import make_sinks
+    from endostream.consumer.sinks import make_sinks, next_free_path
+    from endostream.protocol.factory import setting
 
     mode = str(cfg.transport.mode)
     out = Path(str(cfg.out))
@@ -447,7 +463,7 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
     if resume:  # never overwrite the video of the run we resume
         for spec in sink_specs.values():
             if isinstance(spec, dict) and spec.get("path") and Path(spec["path"]).exists():
-                spec["path"] = str(_next_free(Path(spec["path"])))
+                spec["path"] = str(next_free_path(Path(spec["path"])))
                 if str(spec.get("_target_", "")).endswith("VideoSink"):
                     spec["resume"] = True  # skip frames the killed run's files already hold
     sinks: SinkStage | None = None
@@ -474,7 +490,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
                            idle_timeout_s=float(cfg.idle_timeout_s), min_streams=int(cfg.min_streams),
                            stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""),
                            wait_ms=float(cfg.overlay.get("wait_ms") or 0),  # issue 17
-                           no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0))
+                           no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0),
+                           max_streams=int(setting(tcfg, "max_streams", MAX_STREAMS)))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,
                         infer_delay_ms=float(cfg.infer_delay_ms), journal=journal,
                         filters=StreamFilters(**dict(cfg.overlay.get("persistence") or {"enabled": False})))
@@ -498,6 +515,9 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{s.get('stale_discarded', 0)}")
     if s.get("sink_errors"):
         lines.append(f"sink errors: {s['sink_errors']}")
+    if s.get("acks_stopped"):
+        lines.append(f"lossless: acknowledgement stopped ({s['acks_stopped']}); frames not written "
+                     f"{s['frames_not_written']}, acknowledged {s['frames_acknowledged']}")
     return "\n".join(lines)
 
 
@@ -529,4 +549,4 @@ def run(cfg: Any, *, on_record: RecordCallback | None = None) -> int:
             out_error = f"cannot write {out / 'summary.json'}: {exc.strerror or exc}"
     if out_error:
         print(f"endostream consume: error: {out_error}", file=sys.stderr, flush=True)
-    return 1 if out_error or summary["sink_errors"] else 0
+    return 1 if out_error or summary["sink_errors"] or summary.get("acks_stopped") else 0

@@ -25,6 +25,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from endostream.protocol.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 WAITING, LIVE, NO_SIGNAL, ENDED = "waiting", "live", "no_signal", "ended"
@@ -60,6 +62,7 @@ class SignalTracker:
             raise ValueError(f"no_signal_after_ms={no_signal_after_ms}: expected > 0")
         self.after_s = float(no_signal_after_ms) / 1000.0
         self.streams: dict[int, StreamSignal] = {}
+        self._log = RateLimitedLog(log, per_key=False)
 
     def on_frame(self, stream_id: int, image: np.ndarray, now: float, *,
                  new_epoch: bool = False) -> None:
@@ -68,14 +71,14 @@ class SignalTracker:
         if st is None:
             st = self.streams[stream_id] = StreamSignal()
             h, w = image.shape[:2]
-            log.info("stream %d: video started (%dx%d)", stream_id, w, h)
+            self._say(logging.INFO, f"stream {stream_id}: video started ({w}x{h})")
         elif st.state != LIVE:
             gap = now - (st.last_frame_t or now)
             why = " (producer restarted)" if new_epoch else ""
-            log.info("stream %d: signal back after %.1f s without frames%s", stream_id, gap, why)
+            self._say(logging.INFO, f"stream {stream_id}: signal back after {gap:.1f} s without frames{why}")
         elif new_epoch:
-            log.info("stream %d: producer restarted (new epoch) after %.0f ms", stream_id,
-                     (now - (st.last_frame_t or now)) * 1000)
+            self._say(logging.INFO, f"stream {stream_id}: producer restarted (new epoch) after "
+                      f"{(now - (st.last_frame_t or now)) * 1000:.0f} ms")
         st.state, st.last_frame_t, st.lost_t, st.last_image, st.reason = LIVE, now, None, image, ""
 
     def on_lost(self, stream_id: int, now: float,
@@ -91,8 +94,8 @@ class SignalTracker:
         if st.state != ENDED:
             st.state = ENDED
             st.lost_t = st.lost_t or now
-            log.info("stream %d: ended (end-of-stream%s)", stream_id,
-                     "" if seq is None else f" after seq {seq - 1}")
+            self._say(logging.INFO, f"stream {stream_id}: ended (end-of-stream"
+                      f"{'' if seq is None else f' after seq {seq - 1}'})")
 
     def tick(self, now: float) -> None:
         """Time passes: live streams without a frame for ``no_signal_after_ms`` lose signal."""
@@ -102,7 +105,12 @@ class SignalTracker:
 
     def _lose(self, stream_id: int, st: StreamSignal, now: float, reason: str) -> None:
         st.state, st.lost_t, st.reason = NO_SIGNAL, now, reason
-        log.warning("stream %d: NO SIGNAL (%s)", stream_id, reason)
+        self._say(logging.WARNING, f"stream {stream_id}: NO SIGNAL ({reason})")
+
+    def _say(self, level: int, text: str) -> None:
+        # Stream ids are the peer's choice: transitions are logged as they come until a flood
+        # of ids would turn them into one line each, then only a count.
+        self._log("signal", text, level)
 
     @property
     def state(self) -> str:
@@ -220,9 +228,11 @@ class SignalCards:
     * display sinks (the viewer: ``shows_cards``; the OpenCV window) get "WAITING FOR VIDEO"
       before the first frame, "NO SIGNAL - last frame N s ago" while a stream has none and
       "STREAM ENDED" after end-of-stream;
-    * the overlay video gets the NO SIGNAL cards in live mode, at the stream's rate before the
-      loss, so the recording shows the gap with its true length (a lossless recording holds
-      exactly the frames sent, nothing else);
+    * the overlay video gets the NO SIGNAL cards in live mode, at most one a second over all
+      streams (``VIDEO_CARD_EVERY_S``): the recording marks the gap without a flood of stream
+      ids filling it with cards (a lossless recording holds exactly the frames sent);
+    * cards only for streams that are rooms (``is_room``, set by the live consumer: a stream
+      id that sent a stray frame or two gets none);
     * sinks with ``set_status`` (the viewer) get the status dict a few times a second.
     Mask PNGs and the re-publish socket get no cards: a card is not an analysed frame, and a
     downstream consumer sees the gap itself.
@@ -238,6 +248,7 @@ class SignalCards:
     STATUS_EVERY_S = 0.2
     WAITING_EVERY_S = 0.5
     ENDED_EVERY_S = 1.0
+    VIDEO_CARD_EVERY_S = 1.0
 
     def __init__(self, tracker: SignalTracker, sinks: list[Any], telemetry: Any,
                  model: dict[str, Any], *, live: bool) -> None:
@@ -248,6 +259,8 @@ class SignalCards:
         self.video = [s for s in sinks if type(_inner(s)).__name__ == "VideoSink"] if live else []
         self.status_sinks = [s for s in sinks if hasattr(_inner(s), "set_status")]
         self.shown: dict[int, _Shown] = {}
+        self.is_room: Any = lambda stream_id: True
+        self._next_video_card_t = 0.0
         self.cards_written = 0
         self.video_cards = 0
         self.losses = 0
@@ -285,7 +298,7 @@ class SignalCards:
         for sid, st in self.tracker.streams.items():
             if st.state == NO_SIGNAL and before.get(sid) != NO_SIGNAL:
                 self.losses += 1
-            if st.state in (NO_SIGNAL, ENDED) and sid in self.shown:
+            if st.state in (NO_SIGNAL, ENDED) and sid in self.shown and self.is_room(sid):
                 self._card(sid, st, now, changed=before.get(sid) != st.state)
         if self.display and not self.tracker.streams and now >= self._next_waiting_t:
             self._next_waiting_t = now + self.WAITING_EVERY_S
@@ -355,12 +368,16 @@ class SignalCards:
             return
         ended = st.state == ENDED
         shown.next_card_t = now + (self.ENDED_EVERY_S if ended else shown.card_interval_s)
+        to_video = bool(self.video) and not ended and now >= self._next_video_card_t
+        if not (self.display or to_video):
+            return
+        if to_video:
+            self._next_video_card_t = now + self.VIDEO_CARD_EVERY_S
         card = draw_card(st.state, shown.background, dimmed=True,
                          age_s=None if st.last_frame_t is None else now - st.last_frame_t,
                          stream_id=sid if len(self.tracker.streams) > 1 else None)
-        self._write(self.display if ended else self.display + self.video, shown.frame, card)
-        if not ended:
-            self.video_cards += bool(self.video)
+        self._write(self.display + self.video if to_video else self.display, shown.frame, card)
+        self.video_cards += to_video
 
     def _write(self, sinks: list[Any], frame: Any, card: np.ndarray) -> None:
         if not sinks:

@@ -4,8 +4,8 @@ the live overlay running without it.
 
 - :class:`VideoSink`   H.264 MP4 (PyAV, libx264 ultrafast/zerolatency), fragmented so a crash
                        or SIGKILL still leaves a playable file up to the last fragment;
-- :class:`MaskSink`    one PNG per frame, ``s{stream}_{seq:08d}.png``, written atomically;
-- :class:`ZmqRepublishSink` the overlay as JPEG over ZeroMQ PUB, in wire protocol v1;
+- :class:`MaskSink`    one PNG per frame, ``s{stream}_e{epoch:016x}_{seq:08d}.png``, written atomically;
+- :class:`~endostream.consumer.republish_sink.ZmqRepublishSink` the overlay as JPEG over ZeroMQ PUB, in wire protocol v1;
 - :class:`WindowSink`  ``cv2.imshow`` when OpenCV has a GUI (``opencv-python-headless`` has none);
 - :class:`ViewerSink`  the browser viewer (:mod:`endostream.consumer.viewer`).
 
@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -105,19 +105,26 @@ class VideoSink:
         self._container = None
         self._stream = None
         self._idx = None
+        self._closed = False
+        self._synced = 0  # every frame before this one is in a finished file
         self._size: tuple[int, int] | None = None  # (width, height) as written, even
         self._recorded = recorded_frames(self.path) if resume else set()
+
+    @property
+    def frames_accepted(self) -> int:
+        """``write`` calls that returned normally (the count :attr:`durable_count` reaches)."""
+        return self.frames_written
 
     @property
     def durable_count(self) -> int:
         """How many ``write`` calls so far are durable: in a fragment handed to the OS (a
         process kill cannot lose them) or skipped as already recorded."""
-        if self._container is None and self._stream is not None:
-            floor = self._encoded  # closed: everything is flushed
+        if self._container is None:
+            floor = self._encoded  # closed or synced: everything is flushed
         elif self.fragment == "frame":
-            floor = self._muxed - 1  # the fragment of every earlier frame is written
+            floor = max(self._muxed - 1, self._synced)  # every earlier frame's fragment is written
         else:
-            floor = self._keyframe_floor
+            floor = max(self._keyframe_floor, self._synced)
         while self._waiting and self._waiting[0] < floor:  # -1 (skipped) is always below
             self._waiting.popleft()
             self._durable += 1
@@ -161,9 +168,9 @@ class VideoSink:
             self.frames_skipped += 1
             return
         h, w = overlay_bgr.shape[:2]
+        if self._closed:
+            raise SinkError(f"video sink: {self.path} is closed")
         if self._container is None:
-            if self._stream is not None:
-                raise SinkError(f"video sink: {self.path} is closed")
             self._open(w, h)
         tw, th = self._size
         img = overlay_bgr
@@ -172,7 +179,7 @@ class VideoSink:
         elif (w, h) != (tw, th):
             img = cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_REPLICATE)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
-        vf.pts = self._encoded
+        vf.pts = self._encoded - self._synced  # each file's timeline starts at 0
         try:
             if self._idx is not None:  # before muxing: the index may list more, never fewer
                 self._idx.write(f"{frame.stream_id} {frame.seq} {frame.t_capture_ns}\n")
@@ -187,8 +194,24 @@ class VideoSink:
         self._encoded += 1
         self.frames_written += 1
 
+    def sync(self) -> None:
+        """Make every frame written so far durable now: the muxer writes a frame's fragment
+        only when the next frame comes, so a stream that ended while the others are idle would
+        wait for ever. Finishes this file; the next frame starts the next file of the name
+        family (``overlay.1.mp4``...), which ``recorded_frames`` and players read in order."""
+        if self._container is None or self.durable_count >= self.frames_accepted:
+            return
+        self._finish()
+        self._synced = self._encoded
+        self._stream, self._size = None, None
+        self.path = str(next_free_path(Path(self.path)))
+
     def close(self) -> None:
         """Flush the encoder and finish the file; safe to call twice."""
+        self._closed = True
+        self._finish()
+
+    def _finish(self) -> None:
         import av
 
         if self._idx is not None:
@@ -203,6 +226,16 @@ class VideoSink:
             container.close()
         except (OSError, av.FFmpegError) as exc:
             raise SinkError(f"video sink: cannot finish {self.path}: {_os_reason(exc)}") from None
+
+
+def next_free_path(path: Path) -> Path:
+    """``overlay.mp4`` -> ``overlay.1.mp4``... the first name of the family not taken (a
+    resumed run or a new file after :meth:`VideoSink.sync` never overwrites a frame)."""
+    i = 1
+    while path.exists():
+        path = path.with_name(f"{path.stem.split('.')[0]}.{i}{path.suffix}")
+        i += 1
+    return path
 
 
 def recorded_frames(path: str) -> set[tuple[int, int, int]]:
@@ -235,32 +268,44 @@ def recorded_frames(path: str) -> set[tuple[int, int, int]]:
 
 
 class MaskSink:
-    """One PNG per frame in ``folder``: ``s{stream_id}_{seq:08d}.png``, HxW uint8 {0, 255}.
+    """One PNG per frame in ``folder``, HxW uint8 {0, 255}: ``s{stream_id}_e{epoch:016x}_{seq:08d}.png``
+    for a frame from the transport (its producer's epoch in the name, so a second producer
+    with the same stream id, or a restarted one, never overwrites a mask already written),
+    ``s{stream_id}_{seq:08d}.png`` for a frame without an epoch (batch, predict).
 
     Written to a temporary file in the same folder and renamed with ``os.replace``, so a reader
-    never sees half a PNG. Frames without a prediction are skipped (nothing is known for them).
+    never sees half a PNG: a frame's mask is durable when ``write`` returns (``durable_count``).
+    Frames without a prediction are skipped (nothing is known for them).
     """
 
     def __init__(self, folder: str, *, compression: int = 1) -> None:
         self.folder = Path(folder)
         self.compression = int(compression)  # PNG level 1: masks compress well even at 1, fast
-        self.frames_written = 0
+        self.frames_written = 0  # PNGs written
+        self.durable_count = 0  # write() calls done: a PNG renamed into place, or nothing to write
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"mask sink: cannot create {self.folder}: {_os_reason(exc)}") from None
 
-    def path_for(self, stream_id: int, seq: int) -> Path:
-        return self.folder / f"s{stream_id}_{seq:08d}.png"
+    @property
+    def frames_accepted(self) -> int:
+        return self.durable_count
+
+    def path_for(self, stream_id: int, seq: int, epoch: int | None = None) -> Path:
+        if epoch is None:
+            return self.folder / f"s{stream_id}_{seq:08d}.png"
+        return self.folder / f"s{stream_id}_e{epoch:016x}_{seq:08d}.png"
 
     def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
         if prediction is None:
+            self.durable_count += 1
             return
         ok, buf = cv2.imencode(".png", prediction.mask.astype(np.uint8) * 255,
                                [cv2.IMWRITE_PNG_COMPRESSION, self.compression])
         if not ok:
             raise SinkError("mask sink: PNG encoding failed")
-        target = self.path_for(frame.stream_id, frame.seq)
+        target = self.path_for(frame.stream_id, frame.seq, frame.epoch)
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=self.folder)
@@ -272,134 +317,10 @@ class MaskSink:
                 os.unlink(tmp)
             raise SinkError(f"mask sink: cannot write {target}: {_os_reason(exc)}") from None
         self.frames_written += 1
+        self.durable_count += 1
 
     def close(self) -> None:
         pass
-
-
-# --------------------------------------------------------------------------- ZeroMQ re-publish
-
-
-class ZmqRepublishSink:
-    """Publish each overlay on a ZeroMQ PUB socket in wire protocol v1 (format: docs/PROTOCOL.md,
-    "Re-publish stream"): a JPEG frame message per overlay, with the drawn mask as a raw part
-    (``send_mask``) so a recorder gets the mask, not only pixels with the HUD; end-of-stream
-    for every stream on ``close``; ``source_lost`` / ``end_stream`` when the consumer says so.
-
-    The socket binds like the consumer's own: loopback unless ``allow_remote``, and a CURVE
-    server when ``security.enabled`` (the ``transport.security`` block; subscribers need
-    their public key on its allow-list). PUB never blocks: a slow subscriber loses frames
-    (send high-water mark ``hwm``), the consumer never waits.
-
-    Args:
-        endpoint: where to bind, loopback by default.
-        jpeg_quality: 0..100.
-        send_mask: add the drawn mask (HxW uint8, 0/255) as part 2 when there is one.
-        security: the ``transport.security`` block (``configs/sink/republish.yaml`` passes it).
-        allow_remote: the ``transport.allow_remote`` flag.
-        configure: called with the raw socket before ``bind`` (extra socket options).
-    """
-
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5560", *, jpeg_quality: int = 80, hwm: int = 4,
-                 send_mask: bool = True, security: Mapping[str, Any] | None = None,
-                 allow_remote: bool = False, configure: Callable[[Any], None] | None = None) -> None:
-        import zmq
-
-        from endostream.protocol.factory import security_keys
-        from endostream.protocol.publisher import Publisher
-
-        self.endpoint, self.jpeg_quality, self.send_mask = endpoint, int(jpeg_quality), bool(send_mask)
-        self.frames_written = 0
-        self._streams: dict[int, tuple[int, int]] = {}  # stream id -> (epoch, last seq published)
-        try:
-            keys = security_keys(security, server=True)
-        except (OSError, ValueError) as exc:
-            raise SinkError(f"republish sink: security keys: {_os_reason(exc)}") from None
-        try:
-            self._pub = Publisher(endpoint, sndhwm=int(hwm), allow_remote=bool(allow_remote),
-                                  security=keys) if configure is None else \
-                self._configured(endpoint, int(hwm), bool(allow_remote), keys, configure)
-        except (zmq.ZMQError, ValueError) as exc:
-            raise SinkError(f"republish sink: cannot bind {endpoint}: {exc}") from None
-        self._sock = self._pub.sock
-        self.endpoint = self._pub.endpoint
-        log.info("republish sink on %s%s", self.endpoint, " (CURVE)" if keys else "")
-
-    @staticmethod
-    def _configured(endpoint: str, hwm: int, allow_remote: bool, keys: Any,
-                    configure: Callable[[Any], None]) -> Any:
-        """A Publisher whose raw socket ``configure`` sees before it binds."""
-        from endostream.protocol.publisher import Publisher
-
-        class _Configured(Publisher):
-            def _bind(self, ep: str, remote: bool, security: Any) -> None:
-                configure(self.sock)
-                super()._bind(ep, remote, security)
-
-        return _Configured(endpoint, sndhwm=hwm, allow_remote=allow_remote, security=keys)
-
-    def _epoch(self, stream_id: int, seq: int) -> int:
-        """This sink's epoch for a stream: new when the source's seq goes backwards (its
-        producer restarted), so subscribers never discard the new frames as stale."""
-        from endostream.protocol import wire
-
-        known = self._streams.get(stream_id)
-        if known is None or seq <= known[1]:
-            epoch = wire.new_epoch()
-        else:
-            epoch = known[0]
-        self._streams[stream_id] = (epoch, seq)
-        return epoch
-
-    def write(self, frame: Frame, overlay_bgr: np.ndarray, prediction: Prediction | None) -> None:
-        from endostream.protocol import wire
-
-        mask = None
-        if self.send_mask and prediction is not None:
-            mask = prediction.mask.astype(np.uint8) * 255
-            if mask.shape != overlay_bgr.shape[:2]:
-                mask = cv2.resize(mask, overlay_bgr.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        out = Frame(stream_id=frame.stream_id, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
-                    image=overlay_bgr, modality=frame.modality, stamps_ns=dict(frame.stamps_ns),
-                    gt_mask=mask)
-        epoch = self._epoch(frame.stream_id, frame.seq)
-        parts = wire.encode_frame(out, epoch=epoch, codec="jpeg", jpeg_quality=self.jpeg_quality,
-                                  send_mask=mask is not None)
-        if self._publish(parts):
-            self.frames_written += 1
-
-    def _publish(self, parts: list) -> bool:
-        import zmq
-
-        try:
-            return self._pub.publish(parts)  # False: no room, a live viewer wants the next frame
-        except zmq.ZMQError as exc:
-            raise SinkError(f"republish sink: send on {self.endpoint} failed: {exc}") from None
-
-    def end_stream(self, stream_id: int) -> None:
-        """Forward end-of-stream (seq = last published seq + 1) for one stream."""
-        from endostream.protocol import wire
-
-        known = self._streams.pop(stream_id, None)
-        if known is not None:
-            self._publish(wire.encode_end_of_stream(stream_id, known[0], known[1] + 1))
-
-    def source_lost(self, stream_id: int) -> None:
-        """Forward the producer's source-lost notice (seq = next seq, not consumed)."""
-        from endostream.protocol import wire
-
-        known = self._streams.get(stream_id)
-        if known is not None:
-            self._publish(wire.encode_source_lost(stream_id, known[0], known[1] + 1))
-
-    def close(self) -> None:
-        """End every stream still open, give those messages a moment to leave, close."""
-        if self._pub.sock.closed:
-            return
-        for sid in list(self._streams):
-            self.end_stream(sid)
-        self._pub.sock.linger = 500
-        self._pub.close()
 
 
 # --------------------------------------------------------------------------- local window
@@ -502,6 +423,15 @@ class GuardedSink:
     def close(self) -> None:
         try:
             self.sink.close()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def call(self, method: str) -> None:
+        """Call the sink's ``method`` (e.g. ``sync``), guarded like ``write``."""
+        if self.disabled:
+            return
+        try:
+            getattr(self.sink, method)()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

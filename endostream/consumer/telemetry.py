@@ -63,6 +63,7 @@ class Telemetry:
         self.t_first: float | None = None
         self.t_last = 0.0
         self._fps_times: dict[int, deque[float]] = {}
+        self._retired_sent = 0  # frames_sent of forgotten streams
 
     def on_frame(self, frame: Frame, epoch: int) -> tuple[StreamInfo, bool]:
         """Account a received frame; returns its stream and whether the epoch is new."""
@@ -86,6 +87,13 @@ class Telemetry:
         self.sent[key] = max(self.sent.get(key, 0), frame.seq + 1)
         self.first[key] = min(self.first.get(key, frame.seq), frame.seq)
         return st, new
+
+    def forget(self, stream_id: int) -> None:
+        """An evicted stream: its frames stay counted (``frames_sent``), its state goes."""
+        self.streams.pop(stream_id, None)
+        self._fps_times.pop(stream_id, None)
+        for key in [k for k in self.sent if k[0] == stream_id]:
+            self._retired_sent += self.sent.pop(key) - self.first.pop(key, 0)
 
     def on_end(self, stream_id: int, epoch: int, eos_seq: int) -> None:
         key = (stream_id, epoch)
@@ -131,7 +139,7 @@ class Telemetry:
     @property
     def frames_sent(self) -> int:
         """Frames from the first seq seen to the highest (docs/PROTOCOL.md: any first seq)."""
-        return sum(n - self.first.get(k, 0) for k, n in self.sent.items())
+        return self._retired_sent + sum(n - self.first.get(k, 0) for k, n in self.sent.items())
 
 
 def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float] | None:
@@ -161,6 +169,7 @@ class Records:
         self.callback = callback
         steps_cols = [f"step{i}" for i in range(1, max(steps, 1) + 1)]
         self._files: dict[str, tuple[Any, csv.DictWriter]] = {}
+        self._paths: dict[str, Path] = {}
         if folder is None:
             return
         for kind, name, cols in (("shown", "frames.csv", SHOWN_COLUMNS),
@@ -174,12 +183,17 @@ class Records:
             if not exists:
                 writer.writeheader()
             self._files[kind] = (fh, writer)
+            self._paths[kind] = path
 
     def write(self, kind: str, row: dict[str, Any]) -> None:
         entry = self._files.get(kind)
         if entry is not None:
-            entry[1].writerow(row)
-            entry[0].flush()
+            try:
+                entry[1].writerow(row)
+                entry[0].flush()
+            except OSError as exc:  # the message names the file: a full disk is not a riddle
+                raise OSError(exc.errno, f"cannot write {self._paths[kind]}: "
+                                         f"{exc.strerror or exc}") from None
         if self.callback is not None:
             self.callback(kind, row)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zmq
 
 from endostream.protocol.limits import (DEFAULT_LIVE_ENDPOINT, DEFAULT_LOSSLESS_ENDPOINT, HEARTBEAT_IVL_MS,
-                                        HEARTBEAT_TIMEOUT_MS, MAX_HEIGHT, MAX_WIDTH)
+                                        HEARTBEAT_TIMEOUT_MS, LOSSLESS_MAX_HOLD, LOSSLESS_MAX_HOLD_BYTES,
+                                        LOSSLESS_MAX_HOLD_S, MAX_HEIGHT, MAX_STREAMS, MAX_WIDTH)
 from endostream.protocol.live import LiveReceiver, LiveSender
 from endostream.protocol.lossless_receiver import LosslessReceiver
 from endostream.protocol.lossless_sender import LosslessSender
@@ -39,6 +40,12 @@ def resolve_endpoint(cfg) -> str:
     return DEFAULT_LIVE_ENDPOINT if cfg["mode"] == "live" else DEFAULT_LOSSLESS_ENDPOINT
 
 
+def setting(cfg, key: str, default: float) -> float:
+    """``cfg[key]``, or ``default`` (from ``protocol.limits``) when absent or null."""
+    value = cfg.get(key) if cfg is not None else None
+    return default if value is None else value
+
+
 def _check_mode(cfg) -> str:
     mode = cfg["mode"]
     if mode not in ("live", "lossless"):
@@ -64,11 +71,16 @@ def open_receiver(cfg, *, context: zmq.Context | None = None) -> LiveReceiver | 
     """Build the consumer side from a ``configs/transport`` block."""
     common = dict(context=context, allow_remote=bool(cfg.get("allow_remote", False)),
                   security=_security(cfg, server=True),
-                  max_width=int(cfg.get("max_width", MAX_WIDTH)),
-                  max_height=int(cfg.get("max_height", MAX_HEIGHT)),
+                  max_width=int(setting(cfg, "max_width", MAX_WIDTH)),
+                  max_height=int(setting(cfg, "max_height", MAX_HEIGHT)),
+                  max_streams=int(setting(cfg, "max_streams", MAX_STREAMS)),
                   heartbeat_ivl_ms=int(cfg.get("heartbeat_ivl_ms", HEARTBEAT_IVL_MS)),
                   heartbeat_timeout_ms=int(cfg.get("heartbeat_timeout_ms", HEARTBEAT_TIMEOUT_MS)))
     if _check_mode(cfg) == "live":
         return LiveReceiver(resolve_endpoint(cfg), rcvhwm=int(cfg["live"]["rcvhwm"]), **common)
-    state = cfg["lossless"].get("state_file")
-    return LosslessReceiver(resolve_endpoint(cfg), state_file=state or None, **common)
+    ll = cfg["lossless"]
+    return LosslessReceiver(resolve_endpoint(cfg), state_file=ll.get("state_file") or None,
+                            max_hold=int(setting(ll, "max_hold", LOSSLESS_MAX_HOLD)),
+                            max_hold_bytes=int(float(setting(ll, "max_hold_mb", LOSSLESS_MAX_HOLD_BYTES / 2**20))
+                                               * 2**20),
+                            max_hold_s=float(setting(ll, "max_hold_s", LOSSLESS_MAX_HOLD_S)), **common)

@@ -216,7 +216,8 @@ class LiveReceiver(BaseReceiver):
         if st.epoch != epoch:
             if st.epoch is not None:
                 st.restarts += 1
-                log.info("stream %d: new producer epoch (producer restarted)", sid)
+                self._log("epoch", f"stream {sid}: new producer epoch (producer restarted)",
+                          logging.INFO)
             st.epoch, st.last_seq, st.first_seq, st.ended, st.lost = epoch, None, None, False, False
         return st
 
@@ -283,7 +284,8 @@ class LiveReceiver(BaseReceiver):
             st.source_lost += 1
             st.lost = True
             self._events.append(SourceLost(sid, h.epoch, h.seq, h.t_capture_ns))
-            log.warning("stream %d: producer reports its source lost (after seq %d)", sid, h.seq - 1)
+            self._log("source_lost", f"stream {sid}: producer reports its source lost (after seq "
+                      f"{h.seq - 1})")
 
 
 # ============================================================================= lossless

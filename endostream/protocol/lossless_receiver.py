@@ -18,7 +18,9 @@ import zmq
 from endostream.protocol import wire
 from endostream.protocol.limits import (DEFAULT_LOSSLESS_ENDPOINT, DRAIN_BATCH, HEARTBEAT_IVL_MS,
                                         HEARTBEAT_TIMEOUT_MS, LOG_INTERVAL_S, LOSSLESS_MAX_HOLD,
+                                        LOSSLESS_MAX_HOLD_BYTES, LOSSLESS_MAX_HOLD_S,
                                         LOSSLESS_RCVHWM, MAX_HEIGHT, MAX_STREAMS, MAX_WIDTH)
+from endostream.protocol.memory import TRIM_AFTER_BYTES, trim_heap
 from endostream.protocol.security import ServerKeys
 from endostream.protocol.sockets import BaseReceiver, recv_parts, send_parts
 from endostream.protocol.stats import StreamStats
@@ -34,6 +36,9 @@ class _LosslessStream:
     resumed_from: int | None = None  # finished seq loaded from the state file (earlier instance)
     identity: bytes = b""
     held: dict[int, Any] = field(default_factory=dict)  # out-of-order messages by seq
+    sizes: dict[int, int] = field(default_factory=dict)  # bytes of each message counted as held
+    held_bytes: int = 0
+    held_since: float = 0.0  # when the oldest message now held arrived (time.monotonic)
     lost: SourceLost | None = None  # a source-lost notice waiting for the frames before it
     lost_done: int | None = None  # seq of the last source-lost delivered (drops its resends)
 
@@ -50,7 +55,8 @@ class LosslessReceiver(BaseReceiver):
     def __init__(self, endpoint: str = DEFAULT_LOSSLESS_ENDPOINT, *,
                  context: zmq.Context | None = None, allow_remote: bool = False,
                  security: ServerKeys | None = None, state_file: str | Path | None = None,
-                 max_hold: int = LOSSLESS_MAX_HOLD, max_width: int = MAX_WIDTH,
+                 max_hold: int = LOSSLESS_MAX_HOLD, max_hold_bytes: int = LOSSLESS_MAX_HOLD_BYTES,
+                 max_hold_s: float = LOSSLESS_MAX_HOLD_S, max_width: int = MAX_WIDTH,
                  max_height: int = MAX_HEIGHT, max_streams: int = MAX_STREAMS,
                  log_interval_s: float = LOG_INTERVAL_S, heartbeat_ivl_ms: int = HEARTBEAT_IVL_MS,
                  heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
@@ -62,7 +68,9 @@ class LosslessReceiver(BaseReceiver):
                          heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms, retain_buffers=retain_buffers)
         self.sock.rcvhwm = LOSSLESS_RCVHWM
-        self.max_hold = max_hold
+        self.max_hold, self.max_hold_bytes, self.max_hold_s = max_hold, max_hold_bytes, max_hold_s
+        self.held_bytes = 0  # all streams' reorder buffers together
+        self._next_expiry = 0.0
         self.state_file = Path(state_file) if state_file else None
         self._streams: OrderedDict[tuple[int, int], _LosslessStream] = OrderedDict()
         self._ready: deque[FrameMessage | EndOfStream | SourceLost] = deque()
@@ -74,6 +82,7 @@ class LosslessReceiver(BaseReceiver):
         """The next in-order message of any stream, or None after ``timeout_ms``."""
         self._drain_monitor()
         deadline = time.monotonic() + timeout_ms / 1000
+        self._expire_held(time.monotonic())
         while not self._ready:
             left = int((deadline - time.monotonic()) * 1000)
             if left < 0 or not self._poller.poll(max(left, 0)):
@@ -101,8 +110,12 @@ class LosslessReceiver(BaseReceiver):
         st = self._streams.get((stream_id, epoch))
         if st is None:
             return
-        st.finished = seq
-        self._save_state()
+        prev, st.finished = st.finished, seq
+        try:
+            self._save_state()
+        except OSError:
+            st.finished = prev  # not persisted: not acknowledged either (nor by a heartbeat's repair)
+            raise
         self._reply(st.identity, wire.encode_ack(stream_id, epoch, seq))
 
     def ack_message(self, msg: FrameMessage | EndOfStream | SourceLost) -> None:
@@ -143,7 +156,8 @@ class LosslessReceiver(BaseReceiver):
             st.next_seq = h.window_start
         if h.window_start > st.next_seq:  # all below were acked, by an earlier consumer
             st.next_seq = h.window_start
-            st.held = {s: m for s, m in st.held.items() if s >= h.window_start}
+            for s in [s for s in st.held if s < h.window_start]:
+                self._unhold(st, s)
         if stats.first_seq is None:
             stats.first_seq = st.next_seq  # counts start here, whatever the first seq is
         if isinstance(msg, SourceLost):
@@ -163,11 +177,14 @@ class LosslessReceiver(BaseReceiver):
             self._log("out_of_window", f"stream {h.stream_id}: seq {h.seq} is {self.max_hold}+ "
                       f"ahead of the next expected {st.next_seq}; dropped (it will be resent)")
             return
+        if h.seq != st.next_seq and not self._hold(st, h.seq, msg):
+            return
         if h.kind == "frame":
             stats.received += 1
-        st.held[h.seq] = msg
+        if h.seq == st.next_seq:
+            st.held[h.seq] = msg  # delivered at once below: not counted as held
         while st.next_seq in st.held:
-            m = st.held.pop(st.next_seq)
+            m = self._unhold(st, st.next_seq)
             self._deliver_lost(st, stats, before=st.next_seq)
             self._ready.append(m)
             st.next_seq += 1
@@ -197,8 +214,8 @@ class LosslessReceiver(BaseReceiver):
         stats.source_lost += 1
         stats.lost = True
         self._ready.append(msg)
-        log.warning("stream %d: producer reports its source lost (after seq %d)", msg.stream_id,
-                    msg.seq - 1)
+        self._log("source_lost", f"stream {msg.stream_id}: producer reports its source lost "
+                  f"(after seq {msg.seq - 1})")
 
     def _state(self, key: tuple[int, int]) -> _LosslessStream:
         st = self._streams.get(key)
@@ -207,8 +224,54 @@ class LosslessReceiver(BaseReceiver):
             return st
         st = self._streams[key] = _LosslessStream()
         if len(self._streams) > self.max_streams:  # ...and the oldest evicted past max_streams
-            self._streams.popitem(last=False)
+            self._release(self._streams.popitem(last=False)[1], "stream evicted")
         return st
+
+    # ---- the reorder buffer: bounded in frames (max_hold, checked by the caller), bytes, seconds
+    def _hold(self, st: _LosslessStream, seq: int, msg: Any) -> bool:
+        size = _nbytes(msg)
+        if self.held_bytes + size > self.max_hold_bytes:
+            self.stats.hold_dropped += 1
+            self._log("hold_full", f"stream {msg.stream_id}: seq {seq} not held, the reorder "
+                      f"buffer is full ({self.held_bytes >> 20} MiB); it will be resent")
+            return False
+        if not st.held:
+            st.held_since = time.monotonic()
+        st.held[seq] = msg
+        st.sizes[seq] = size
+        st.held_bytes += size
+        self.held_bytes += size
+        return True
+
+    def _unhold(self, st: _LosslessStream, seq: int) -> Any:
+        size = st.sizes.pop(seq, 0)
+        st.held_bytes -= size
+        self.held_bytes -= size
+        return st.held.pop(seq)
+
+    def _release(self, st: _LosslessStream, why: str) -> None:
+        """Drop a stream's held messages (their producer resends every unacked one)."""
+        if not st.held:
+            return
+        self.stats.hold_dropped += len(st.held)
+        self._log("hold_released", f"{len(st.held)} held out-of-order messages dropped ({why}); "
+                  "their producer resends them", logging.INFO)
+        freed = st.held_bytes
+        self.held_bytes -= freed
+        st.held.clear()
+        st.sizes.clear()
+        st.held_bytes = 0
+        if freed >= TRIM_AFTER_BYTES:
+            trim_heap()  # hand the frames' memory back to the kernel now, not at some later free
+
+    def _expire_held(self, now: float) -> None:
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + min(self.max_hold_s / 4, 0.5)
+        for st in self._streams.values():
+            if st.held and now - st.held_since > self.max_hold_s:
+                self._release(st, f"held over {self.max_hold_s:g} s: the gap before them never "
+                              "came (its producer went or resends later)")
 
     def _reply(self, identity: bytes, parts: list) -> None:
         try:
@@ -236,8 +299,20 @@ class LosslessReceiver(BaseReceiver):
         rows = [[k[0], k[1], st.finished] for k, st in self._streams.items()
                 if st.finished is not None]
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "finished": rows}))
-        os.replace(tmp, self.state_file)
+        try:
+            tmp.write_text(json.dumps({"version": 1, "finished": rows}))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:  # the caller stops acknowledging; the message names the file
+            raise OSError(exc.errno, f"cannot write lossless state file {self.state_file}: "
+                                     f"{exc.strerror or exc}") from None
 
 
 # ============================================================================= re-publish
+
+
+def _nbytes(msg: Any) -> int:
+    """Memory a held message keeps alive (its pixels and mask; a control message: 0)."""
+    frame = getattr(msg, "frame", None)
+    if frame is None:
+        return 0
+    return frame.image.nbytes + (0 if frame.gt_mask is None else frame.gt_mask.nbytes)

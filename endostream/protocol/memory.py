@@ -40,3 +40,18 @@ def retain_frame_buffers(trim_threshold: int = 256 << 20) -> bool:
 
 
 # Hot path: plain-int flags and a per-part loop instead of send_multipart/recv_multipart,
+
+
+TRIM_AFTER_BYTES = 32 << 20  # releasing this much at once is worth a malloc_trim
+
+
+def trim_heap() -> bool:
+    """Give free heap memory back to the kernel now (glibc ``malloc_trim``). Frames freed in
+    bulk (a reorder buffer released) would otherwise stay resident below the trim threshold
+    that :func:`retain_frame_buffers` raised. False where not glibc."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (AttributeError, OSError, ValueError, TypeError):
+        return False

@@ -22,6 +22,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from endostream.protocol.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 
@@ -153,6 +155,7 @@ class _AllowList:
         self._denied: dict[bytes, int] = {}
         self.denied_total = 0
         self.last_refused: str | None = None  # key id, for the socket's handshake-failure line
+        self._log = RateLimitedLog(log)
 
     def _reload(self) -> None:
         mtime = self.allow_dir.stat().st_mtime
@@ -164,7 +167,8 @@ class _AllowList:
         try:
             self._reload()
         except OSError as exc:
-            log.error("allow-list folder unreadable (%s): refusing all clients", exc)
+            self._log("allow_list_unreadable", f"allow-list folder unreadable ({exc}): refusing "
+                      "all clients", logging.ERROR)
             return False
         if key in self._keys:
             return True
@@ -173,8 +177,9 @@ class _AllowList:
             self._denied[key] = n + 1
         self.last_refused = key_id(key)
         self.denied_total += 1
-        if n % 100 == 0:
-            log.warning("refused unknown CURVE client key_id=%s (attempt %d)", key_id(key), n + 1)
+        # One limiter for every key: a peer cycling through fresh keys gets no line per key.
+        self._log("curve_refused", f"refused unknown CURVE client key_id={key_id(key)} (attempt "
+                  f"{n + 1} of this key, {len(self._denied)} unknown keys so far)")
         return False
 
 

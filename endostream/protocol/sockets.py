@@ -11,7 +11,7 @@ import zmq
 
 from zmq.utils.monitor import parse_monitor_message
 
-from endostream.protocol.limits import RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
+from endostream.protocol.limits import CONTROL_MAXMSGSIZE, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, max_message_bytes
 from endostream.protocol.memory import retain_frame_buffers
 from endostream.protocol.ratelog import RateLimitedLog
 from endostream.protocol.security import (ClientKeys, ServerKeys, key_id, secure_client, secure_server,
@@ -103,6 +103,7 @@ class BaseSocket:
         self._monitor = self.sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         s = self.sock
         s.linger = linger_ms
+        s.maxmsgsize = CONTROL_MAXMSGSIZE  # receivers of frames raise it (BaseReceiver)
         s.reconnect_ivl = RECONNECT_IVL_MS  # restarted peers are found again quickly...
         s.reconnect_ivl_max = RECONNECT_IVL_MAX_MS  # ...without hammering a peer that stays away
         # ZMTP heartbeats close dead TCP connections (peer power-off, cable pulled).
@@ -207,6 +208,7 @@ class BaseReceiver(BaseSocket):
         super().__init__(kind, context, linger_ms=linger_ms, heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.max_width, self.max_height = max_width, max_height
+        self.sock.maxmsgsize = max_message_bytes(max_width, max_height)
         self.max_streams = max_streams
         self._poller = zmq.Poller()  # kept: Socket.poll builds a new Poller every call
         self._poller.register(self.sock, zmq.POLLIN)

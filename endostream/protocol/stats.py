@@ -45,6 +45,7 @@ class ReceiverStats:
     # lossless only
     duplicates: int = 0
     out_of_window: int = 0
+    hold_dropped: int = 0  # out-of-order messages not held or released (bytes, seconds, eviction)
 
     def total(self, name: str) -> int:
         return sum(getattr(s, name) for s in self.streams.values())

@@ -470,7 +470,7 @@ def decode_frame(h: Header, parts: list, received_ns: int | None = None) -> Fram
         stamps["receive"] = received_ns
     stamps["decode"] = time.monotonic_ns()
     frame = Frame(stream_id=h.stream_id, seq=h.seq, t_capture_ns=h.t_capture_ns, image=img,
-                  modality=h.modality, stamps_ns=stamps, gt_mask=mask)
+                  modality=h.modality, stamps_ns=stamps, gt_mask=mask, epoch=h.epoch)
     return FrameMessage(frame=frame, epoch=h.epoch, codec=h.codec, window_start=h.window_start)
 
 
