@@ -106,6 +106,31 @@ def test_pinned_slice(backend, frames) -> None:
     assert abs(int(pred.mask.sum()) - ref["mask_pixels"]) <= ref["mask_pixels"] * (0.002 if tol < 1e-2 else 0.03)
 
 
+def test_pinned_slice_through_the_sampler(backend, frames) -> None:
+    """The same pixels at K=2 (stream 0's seeded noise, no warm start): the denoiser and the
+    DDIM update against the pinned reference."""
+    name, tol, be = backend
+    ref = PINNED["slice"]
+    pred = Segmenter(be, steps=2, warm_start=False).segment(frames[0])
+    got = np.array([pred.prob[y, x] for y, x in ref["pixels"]])
+    worst = float(np.abs(got - np.array(ref["prob_k2"])).max())
+    assert worst < 3 * tol, f"{name}: K=2 probabilities {got.round(5).tolist()} vs pinned {ref['prob_k2']}"
+
+
+def test_presence_gate(backend, frames) -> None:
+    """A laparoscopy frame (no polyp) is gated: no mask, no box; and a threshold above every
+    presence hides the pinned frame's mask and box while its probabilities stay."""
+    name, tol, be = backend
+    negative = cv2.imread(str(need_data("laparoscopy/cholec-instance-seg-sample/images/t80_VID03_000000.png")))
+    pred = Segmenter(be, steps=0).segment(negative)
+    assert pred.presence < 0.5 and pred.gated and not pred.mask.any() and pred.box is None, name
+    shown = Segmenter(be, steps=0).segment(frames[0])
+    hidden = Segmenter(be, steps=0, presence_threshold=1.01).segment(frames[0])
+    assert shown.mask.any() and shown.box is not None and not shown.gated
+    assert hidden.gated and not hidden.mask.any() and hidden.box is None
+    np.testing.assert_array_equal(hidden.prob, shown.prob)
+
+
 def _own_input(frame: np.ndarray, fov: tuple[int, int, int, int], size: int) -> np.ndarray:
     """The model input written out here, not with inference.preprocess: crop, area resize,
     BGR -> RGB, [0, 255] -> [-1, 1], NCHW."""

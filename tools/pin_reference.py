@@ -84,8 +84,11 @@ def slice_reference() -> dict:
     pixels = pick((p > 0.1) & (p < 0.9), 3) + pick(p > 0.97, 2) + pick(inside_fov & (p < 0.03), 2)
     if not inside_fov.all():
         pixels += pick(~inside_fov, 1)
+    # The same pixels through the sampler (K=2 from stream 0's seeded noise, no warm start).
+    p2 = _segmenter(steps=2, warm_start=False).segment(img).prob
     return {"frame": SLICE_FRAME, "fov": [x0, y0, x1, y1], "pixels": pixels,
             "prob": [round(float(p[y, x]), 6) for y, x in pixels],
+            "prob_k2": [round(float(p2[y, x]), 6) for y, x in pixels],
             "presence": round(float(pred.presence), 6), "box": list(pred.box) if pred.box else None,
             "mask_pixels": int(pred.mask.sum())}
 
@@ -149,9 +152,12 @@ def eval_sequence(seq: int) -> dict:
 
 
 def demo_dice() -> float:
-    """``endostream demo max_frames=50`` (as tests/test_demo.py runs it): Dice of the shown masks."""
+    """``endostream demo max_frames=50 transport.mode=lossless`` (as tests/test_demo.py runs it):
+    Dice of the shown masks. Lossless, so every frame is shown with its own mask and the figure
+    does not depend on the machine's load (live mode under load shows older masks: 0.60 seen)."""
     with tempfile.TemporaryDirectory() as d:
-        run([sys.executable, "-m", "endostream.cli", "demo", "max_frames=50", f"out={d}/demo"])
+        run([sys.executable, "-m", "endostream.cli", "demo", "max_frames=50", "transport.mode=lossless",
+             f"out={d}/demo"])
         return round(float(json.loads((Path(d) / "demo" / "summary.json").read_text())["dice_mean"]), 4)
 
 
@@ -194,7 +200,10 @@ def measure() -> dict:
     values["uncertainty"]["measured_min_ratio"] = uncertainty_ratios(values["uncertainty"]["images"])
     values["floors"] = {"predict_dice": floor(values["predict_dice"]),
                         "eval_meanDice": floor(values["eval"]["meanDice"]),
-                        "demo_dice": floor(values["demo_dice"], 0.06),  # live: which frames are shown varies
+                        "demo_dice": floor(values["demo_dice"]),
+                        # live mode shows whichever masks were ready: 0.60 seen on the loaded 2-core
+                        # VM, 0.81 idle, inverted masks 0.05; fixed, not measured
+                        "demo_live_dice": 0.3,
                         # spread ratios: half the measured worst image's, and never under 1.5
                         "uncertainty_ratio": {k: max(1.5, round(v / 2, 2))
                                               for k, v in values["uncertainty"]["measured_min_ratio"].items()}}
@@ -208,8 +217,9 @@ weights or the shipped `steps` change); measured on {machine}. The floors sit un
 values by the margins stated in tools/pin_reference.py, so a broken model fails them:
 - predict_dice: `endostream predict` at the shipped settings on PINNED["predict_images"], mean Dice;
 - eval_meanDice: `endostream eval images=<ClinicDB sequence {seq}> masks=... sequence=true`;
-- demo_dice: `endostream demo max_frames=50`, Dice of the shown masks (tests/test_demo.py);
-- slice: the torch backend on one real frame (probabilities at fixed pixels, presence, box);
+- demo_dice: `endostream demo max_frames=50 transport.mode=lossless`, Dice of the shown masks;
+- slice: the torch backend on one real frame (probabilities at fixed pixels at the shipped steps
+  and at K=2, presence, box);
 - uncertainty: spread in a band around the predicted border over the interior's / background's.
 """
 
