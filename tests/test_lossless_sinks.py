@@ -116,3 +116,32 @@ def test_a_stream_ends_while_another_stays_open_and_idle(tmp_path, procs):
     assert sorted((int(r["stream_id"]), int(r["seq"])) for r in rows) == \
         [(0, s) for s in range(5)] + [(1, s) for s in range(3)]
     assert _video_frames(out) == 8 and len(list((out / "masks").glob("*.png"))) == 8
+
+
+def test_a_state_file_that_cannot_be_written_is_named_and_nothing_is_acknowledged(tmp_path):
+    """A full disk or a vanished folder under the lossless state file: the error names the
+    file, and the ack is not sent (nor repaired later by a heartbeat)."""
+    import pytest
+
+    from endostream.protocol.lossless_receiver import LosslessReceiver
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    state = folder / "lossless_state.json"
+    with LosslessReceiver("tcp://127.0.0.1:*", state_file=state) as rx, \
+            LosslessSender(rx.endpoint, window=4) as tx:
+        tx.send(_frame(0, 0), timeout_s=10)
+        msg, deadline = None, time.monotonic() + 10
+        while msg is None and time.monotonic() < deadline:
+            tx.service(10)
+            msg = rx.recv(50)
+        assert msg is not None
+        folder.rename(tmp_path / "state_gone")
+        folder.write_text("not a folder")
+        with pytest.raises(OSError, match=str(state)):
+            rx.ack_message(msg)
+        t_end = time.monotonic() + 2.5  # heartbeats (1 s) would repair a lost ack
+        while time.monotonic() < t_end:
+            tx.service(50)
+            rx.recv(10)
+        assert tx.stats.acked == 0
