@@ -7,7 +7,7 @@ values by the margins stated in tools/pin_reference.py, so a broken model fails 
 - eval_meanDice: `endostream eval images=<ClinicDB sequence 23> masks=... sequence=true`;
 - demo_dice: `endostream demo max_frames=50 transport.mode=lossless`, Dice of the shown masks;
 - slice: the torch backend on one real frame (probabilities at fixed pixels at the shipped steps
-  and at K=2, presence, box);
+  and at K=2, presence, box) and on the next frame of its sequence (temporal memory filled);
 - uncertainty: spread in a band around the predicted border over the interior's / background's.
 """
 
@@ -23,6 +23,10 @@ PINNED = {'weights_sha256': 'd1cd1fb89093b6ce9a06a32a93a03df24093e2cfdbc0c7e7c8b
                       [51, 229],
                       [194, 252],
                       [282, 63]],
+           'sequence': {'next_frame': 'cvc-clinicdb/images/2.png',
+                        'pixels': [[206, 202], [206, 203], [207, 202]],
+                        'prob': [0.689539, 0.58416, 0.821437],
+                        'moved_by_memory': [0.199501, 0.193531, 0.18581]},
            'prob': [0.780388, 0.885103, 0.617494, 0.990159, 0.999399, 9.7e-05, 0.000971, 0.0],
            'prob_k2': [0.350221, 0.990315, 0.994656, 0.999961, 0.999993, 0.0, 0.0, 0.0],
            'presence': 0.999935,

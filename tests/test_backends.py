@@ -117,6 +117,19 @@ def test_pinned_slice_through_the_sampler(backend, frames) -> None:
     assert worst < 3 * tol, f"{name}: K=2 probabilities {got.round(5).tolist()} vs pinned {ref['prob_k2']}"
 
 
+def test_pinned_slice_with_temporal_memory(backend, frames) -> None:
+    """The next frame of the sequence on the same stream, where the first frame's memory moves
+    the probability most (PINNED moved_by_memory: a forgotten memory misses by that much)."""
+    name, tol, be = backend
+    ref = PINNED["slice"]["sequence"]
+    seg = Segmenter(be, steps=PINNED["steps"], warm_start=False)
+    seg.segment(frames[0])
+    pred = seg.segment(cv2.imread(str(need_data(ref["next_frame"]))))
+    got = np.array([pred.prob[y, x] for y, x in ref["pixels"]])
+    worst = float(np.abs(got - np.array(ref["prob"])).max())
+    assert worst < 3 * tol, f"{name}: {got.round(5).tolist()} vs pinned {ref['prob']} (memory moves {ref['moved_by_memory']})"
+
+
 def test_presence_gate(backend, frames) -> None:
     """A laparoscopy frame (no polyp) is gated: no mask, no box; and a threshold above every
     presence hides the pinned frame's mask and box while its probabilities stay."""

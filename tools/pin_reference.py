@@ -36,6 +36,7 @@ OUT = ROOT / "tests" / "reference_values.py"
 WEIGHTS = ROOT / "weights" / "polyp.pt"
 DICE_MARGIN = 0.04       # floors: measured Dice minus this, rounded down to 0.01
 SLICE_FRAME = "cvc-clinicdb/images/1.png"
+SEQUENCE_NEXT = "cvc-clinicdb/images/2.png"  # the next frame of SLICE_FRAME's sequence
 EVAL_SEQUENCE = 23       # a ClinicDB validation sequence (training/dataset.py VAL_CLINIC_SEQUENCES), 12 frames
 PREDICT_KVASIR = 5       # the first validation stills (load_splits' seeded permutation)
 PREDICT_CLINICDB = (3, 11)  # and the first frame of these validation sequences
@@ -86,7 +87,20 @@ def slice_reference() -> dict:
         pixels += pick(~inside_fov, 1)
     # The same pixels through the sampler (K=2 from stream 0's seeded noise, no warm start).
     p2 = _segmenter(steps=2, warm_start=False).segment(img).prob
-    return {"frame": SLICE_FRAME, "fov": [x0, y0, x1, y1], "pixels": pixels,
+    # Temporal memory: the next frame of the sequence after this one, at the pixels where the
+    # memory of the first frame moves the probability most (against the frame alone).
+    nxt = cv2.imread(str(DATA_ROOT / SEQUENCE_NEXT))
+    seg = _segmenter()
+    seg.segment(img)
+    with_memory = seg.segment(nxt).prob
+    seg.reset()
+    moved = np.abs(with_memory - seg.segment(nxt).prob)
+    top = np.argsort(moved, axis=None)[::-1][:3]
+    seq_pixels = [[int(i // moved.shape[1]), int(i % moved.shape[1])] for i in top]
+    sequence = {"next_frame": SEQUENCE_NEXT, "pixels": seq_pixels,
+                "prob": [round(float(with_memory[y, x]), 6) for y, x in seq_pixels],
+                "moved_by_memory": [round(float(moved[y, x]), 6) for y, x in seq_pixels]}
+    return {"frame": SLICE_FRAME, "fov": [x0, y0, x1, y1], "pixels": pixels, "sequence": sequence,
             "prob": [round(float(p[y, x]), 6) for y, x in pixels],
             "prob_k2": [round(float(p2[y, x]), 6) for y, x in pixels],
             "presence": round(float(pred.presence), 6), "box": list(pred.box) if pred.box else None,
@@ -219,7 +233,7 @@ values by the margins stated in tools/pin_reference.py, so a broken model fails 
 - eval_meanDice: `endostream eval images=<ClinicDB sequence {seq}> masks=... sequence=true`;
 - demo_dice: `endostream demo max_frames=50 transport.mode=lossless`, Dice of the shown masks;
 - slice: the torch backend on one real frame (probabilities at fixed pixels at the shipped steps
-  and at K=2, presence, box);
+  and at K=2, presence, box) and on the next frame of its sequence (temporal memory filled);
 - uncertainty: spread in a band around the predicted border over the interior's / background's.
 """
 
