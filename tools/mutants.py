@@ -1,7 +1,8 @@
 """Mutation check: does the test suite notice deliberate breakages?
 
 Each mutant is one small edit of the source (an exact text replacement), applied to its own copy
-of the working tree in a temporary folder; a fast subset of the tests then runs on that copy
+of the committed tree (``git archive HEAD``; ``--working-tree`` copies the files as they are now,
+uncommitted edits included) in a temporary folder; a fast subset of the tests then runs on that copy
 (stopping at the first failure). A mutant the subset passes is a breakage the suite did not
 notice. The unmutated copy runs first: the subset must pass there, or the score means nothing.
 
@@ -108,21 +109,27 @@ def tree_files() -> list[str]:
     return [p for p in out.split("\0") if p and (ROOT / p).is_file()]
 
 
-def make_copy(base: Path, files: list[str]) -> Path:
-    """``base/main``: a copy of the tree; ``base/shared`` links to the data beside the project,
-    so the tests' ../shared/data resolves as in the real tree."""
+def make_copy(base: Path, files: list[str] | None) -> Path:
+    """``base/main``: a copy of HEAD (``files`` None) or of those working-tree files;
+    ``base/shared`` links to the data beside the project, so ../shared/data resolves as usual."""
     tree = base / "main"
-    for rel in files:
-        dst = tree / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst)
+    tree.mkdir(parents=True)
+    if files is None:
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    else:
+        for rel in files:
+            dst = tree / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst)
     (base / "shared").symlink_to(ROOT.parent / "shared")
     return tree
 
 
 def apply(tree: Path, m: Mutant) -> None:
     f = tree / m.path
-    text = f.read_text()
+    text = f.read_text() if f.is_file() else ""
     if text.count(m.old) != 1:
         raise SystemExit(f"mutant {m.name}: the text to replace occurs {text.count(m.old)} times in {m.path} "
                          "(the source changed: update tools/mutants.py)")
@@ -149,6 +156,7 @@ def main() -> int:
     ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument("--working-tree", action="store_true", help="copy the working tree, not HEAD")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per subset run")
     args = ap.parse_args()
     if args.list:
@@ -159,7 +167,7 @@ def main() -> int:
     unknown = set(args.names) - {m.name for m in MUTANTS}
     if unknown:
         raise SystemExit(f"unknown mutants: {', '.join(sorted(unknown))} (see --list)")
-    files = tree_files()
+    files = tree_files() if args.working_tree else None
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
         if not args.no_baseline:
             ok, last, secs = run_subset(make_copy(Path(tmp) / "baseline", files), args.timeout)
