@@ -121,7 +121,7 @@ class Consumer:
         self.default_trained = bool(infos[0].get("trained", False)) if infos else True
         self.model_note = str(main.get("hud_note") or "")
         self._t_start = time.monotonic()
-        self.cards.live_status = lambda: {"rooms": self.inference.rooms_report()["rooms"]}  # /status.json
+        self.cards.live_status = lambda: {"rooms": self.inference.rooms_status()}  # /status.json
 
     # ---- shared display path: overlay -> sinks -> telemetry -> records
     def _show(self, frame: Frame, epoch: int, result: MaskResult | None, st: StreamInfo) -> None:

@@ -187,9 +187,13 @@ class Inference:
             room = self.rooms[stream_id] = RoomStats()
         return room
 
+    def rooms_status(self) -> dict[str, Any]:
+        """Per room only (what ``/status.json`` shows a few times a second: no timeline)."""
+        return {str(sid): r.as_dict() for sid, r in sorted(self.rooms.items())}
+
     def rooms_report(self) -> dict[str, Any]:
         """Per room: mask rate, mask age, missed deadlines; and how evenly the model was shared."""
-        rooms = {str(sid): r.as_dict() for sid, r in sorted(self.rooms.items())}
+        rooms = self.rooms_status()
         return {"rooms": rooms, "fairness": fairness([r["mask_rate"] for r in rooms.values()]),
                 "missed_deadlines": sum(r.missed for r in self.rooms.values()),
                 "timeline": self.timeline.summary()}
