@@ -168,3 +168,6 @@ def test_a_flood_of_stream_ids_leaves_the_live_consumer_bounded(tmp_path, procs)
     # The per-room deadline warning of consumer.worker is left to that module's owner.
     lines = [ln for ln in con.text().splitlines() if "endostream.consumer.worker" not in ln]
     assert len(lines) < 100, "a peer flooded the log"
+    starts = [ln for ln in lines if "video started" in ln]  # rooms only: not the stray ids
+    assert any(f"stream {real}:" in ln for ln in starts), starts[:5]
+    assert all(f"stream {real}:" in ln or "stream 5000:" in ln for ln in starts), starts[:5]

@@ -77,12 +77,10 @@ class ConsumerOptions:
     idle_timeout_s: float = 30.0  # exit when no message arrived this long
     min_streams: int = 1  # end-of-stream ends the run once this many streams have ended
     stale_ms: float = 500.0
-    wait_ms: float = 0.0  # issue 17: live display waits up to this for a frame's own mask
+    wait_ms: float = 0.0  # live display waits up to this for a frame's own mask
     note: str = ""  # extra HUD text
     no_signal_after_ms: float = 1000.0  # a live stream without frames this long is "no signal"
     max_streams: int = MAX_STREAMS  # live: stream ids kept at once (consumer.streams)
-
-
 
 
 class Consumer:
@@ -174,7 +172,7 @@ class Consumer:
             while not self.stop_requested:
                 self.overlay.controls.poll()
                 msgs = self._admitted(self._newest_frames(), worker)
-                worker.submit_many([(m.frame, m.epoch) for m in msgs])  # issue 17: one batch for all streams
+                worker.submit_many([(m.frame, m.epoch) for m in msgs])  # one model call for all streams
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
                 deadline_ns = time.monotonic_ns() + int(self.opt.wait_ms * 1e6)
@@ -235,7 +233,7 @@ class Consumer:
         frame, epoch = msg.frame, msg.epoch
         try:
             st, _ = self.tel.on_frame(frame, epoch)
-            # The frame was submitted with the other streams' frames (run_live). Issue 17: wait
+            # The frame was submitted with the other streams' frames (run_live): wait
             # until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one.
             result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns)
             if result is not None and result.epoch != epoch:
@@ -363,8 +361,8 @@ class Consumer:
             "latency_ms": percentiles(tel.latency_ms),
             "inference_ms": percentiles(inf.infer_ms),
             "mask_age_ms": percentiles(tel.mask_age_ms),
-            "same_frame": {"wait_ms": self.opt.wait_ms, **inf.same_frame.as_dict()},  # issue 17: own-mask frames
-            "inference_batch": inf.batch_stats(),  # issue 17: frames per model call
+            "same_frame": {"wait_ms": self.opt.wait_ms, **inf.same_frame.as_dict()},  # frames shown with their own mask
+            "inference_batch": inf.batch_stats(),  # frames per model call
             **inf.rooms_report(),  # live: per room mask rate / age / missed deadlines, fairness, timeline
             "fps": round((tel.shown - 1) / span, 2) if span > 0 else None,
             "dice_mean": None if tel.dice_mean is None else round(tel.dice_mean, 4),
@@ -489,7 +487,7 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
     opts = ConsumerOptions(mode=mode, max_frames=cfg.max_frames,
                            idle_timeout_s=float(cfg.idle_timeout_s), min_streams=int(cfg.min_streams),
                            stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""),
-                           wait_ms=float(cfg.overlay.get("wait_ms") or 0),  # issue 17
+                           wait_ms=float(cfg.overlay.get("wait_ms") or 0),
                            no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0),
                            max_streams=int(setting(tcfg, "max_streams", MAX_STREAMS)))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,

@@ -48,6 +48,7 @@ class StreamSignal:
     lost_t: float | None = None  # when the signal was lost (or the source reported it)
     last_image: np.ndarray | None = None  # raw BGR of the last frame, for the card
     reason: str = ""
+    announced: bool = False  # "video started" was logged
 
 
 class SignalTracker:
@@ -65,14 +66,17 @@ class SignalTracker:
         self._log = RateLimitedLog(log, per_key=False)
 
     def on_frame(self, stream_id: int, image: np.ndarray, now: float, *,
-                 new_epoch: bool = False) -> None:
-        """A frame of ``stream_id`` was shown (``image``: its raw HxWx3 BGR)."""
+                 new_epoch: bool = False, room: bool = True) -> None:
+        """A frame of ``stream_id`` was shown (``image``: its raw HxWx3 BGR). ``room=False``:
+        a stream id that may be a stray one; its start is logged once it is a room."""
         st = self.streams.get(stream_id)
         if st is None:
             st = self.streams[stream_id] = StreamSignal()
+        if room and not st.announced:
+            st.announced = True
             h, w = image.shape[:2]
             self._say(logging.INFO, f"stream {stream_id}: video started ({w}x{h})")
-        elif st.state != LIVE:
+        elif st.state not in (LIVE, WAITING):
             gap = now - (st.last_frame_t or now)
             why = " (producer restarted)" if new_epoch else ""
             self._say(logging.INFO, f"stream {stream_id}: signal back after {gap:.1f} s without frames{why}")
@@ -282,7 +286,7 @@ class SignalCards:
         st = self.tracker.streams.get(frame.stream_id)
         if st is not None and st.state == NO_SIGNAL and st.lost_t is not None:
             self.no_signal_s += now - st.lost_t
-        self.tracker.on_frame(frame.stream_id, frame.image, now,
+        self.tracker.on_frame(frame.stream_id, frame.image, now, room=self.is_room(frame.stream_id),
                               new_epoch=prev is not None and prev.epoch != epoch)
         self.shown[frame.stream_id] = _Shown(frame, epoch)
         self._latency_ms, self._mask_age_ms, self._last_sid = latency_ms, mask_age_ms, frame.stream_id
