@@ -126,3 +126,35 @@ def test_bench_multi_searches_the_rooms_and_saves_the_largest(tmp_path) -> None:
     assert cap["machine"]["cpu"] and cap["backend"] and set(cap["steps"][0]["per_room"]) == {"0"}
     assert cap["machine"]["cpu_caps"]["model"] and "bf16_units" in cap["machine"]["cpu_caps"]  # names the CPU path
     assert "rooms meeting the goals on this machine" in proc.stdout and (out / "rooms-1" / "report.json").is_file()
+
+
+def test_a_room_whose_mask_is_ready_is_shown_before_one_still_segmenting() -> None:
+    """One frame per model call: room 1's frame (captured earlier) is segmented first, room 0's
+    after it. Handed to the display as [room 0, room 1], room 1 comes out first: its video never
+    waits for room 0's model work; then room 0, once its own mask is done."""
+    from types import SimpleNamespace
+
+    import cv2
+    from omegaconf import OmegaConf
+
+    from endostream.cli import config_dir
+    from endostream.consumer.worker import Inference, InferenceWorker, ModelRouter, modality_spec
+    from endostream.types import Frame
+
+    spec = modality_spec(OmegaConf.load(config_dir() / "modality" / "colonoscopy.yaml"))
+    router = ModelRouter(spec, {"weights": str(REPO / "weights" / "polyp.pt"), "backend": "onnxruntime",
+                                "threads": 1, "max_batch": 1}, config_dir())
+    router.get(spec.name)
+    cap = cv2.VideoCapture(CLIP)
+    img = cap.read()[1]
+    worker = InferenceWorker(Inference(router, delay_ms=150))  # each call well over the scheduling noise
+    try:
+        now = time.monotonic_ns()
+        msgs = [SimpleNamespace(frame=Frame(stream_id=sid, seq=0, t_capture_ns=now - age, image=img), epoch=1)
+                for sid, age in ((0, 0), (1, 10_000_000))]
+        worker.submit_many([(m.frame, m.epoch) for m in msgs])
+        order = [m.frame.stream_id for m in worker.in_completion_order(msgs, time.monotonic_ns() + int(10e9))]
+        assert order == [1, 0]
+        assert worker.latest(0) is not None and worker.latest(0).seq == 0  # room 0 came when its mask did
+    finally:
+        worker.stop()
