@@ -49,6 +49,9 @@ def compose(command: str, overrides: list[str] | None = None):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from endostream.config_schema import register
+
+    register()  # the <command>_schema each configs/<command>.yaml starts from
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name=command, overrides=list(overrides or []))
@@ -97,15 +100,14 @@ def usage() -> str:
 
 
 def config_problems(command: str, overrides: list[str], cfg) -> list[str]:
-    """One line per wrong-typed override (``model.steps=two``) and per missing mandatory
-    value (``???`` in the YAML: ``output=``)."""
+    """One line per value that does not fit the schema (``max_frames=abc``, ``loop=maybe``,
+    ``executor=dask``), naming the key, the value and what is expected, and one per missing
+    mandatory value (``???``: ``output=``). Checked before anything is imported or bound."""
     from omegaconf import OmegaConf
 
     from endostream import config_help as ch
+    from endostream.config_schema import problems as schema_problems
 
-    problems = []
-    dotted = [o for o in overrides if "=" in o]
-    types = ch.known_types(config_dir()) if dotted else {}
     comments: dict[str, str] = {}
 
     def comment(key: str) -> str:  # read only when there is something to explain
@@ -113,14 +115,14 @@ def config_problems(command: str, overrides: list[str], cfg) -> list[str]:
             comments.update(ch.comments_by_key(config_dir(), command))
         return comments.get(key, "")
 
-    for item in dotted:
-        key = item.split("=", 1)[0].lstrip("+~")
-        value = OmegaConf.select(cfg, key, throw_on_missing=False) if key in types else None
-        if value is not None and ch.type_error(key, value, types[key], "") is not None:
-            err = ch.type_error(key, value, types[key], comment(key))
-            if err:
-                problems.append(err)
-    for key in sorted(OmegaConf.missing_keys(cfg)):
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    groups = [g for g, _ in ch.defaults_of(config_dir() / f"{command}.yaml")]
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception:  # noqa: BLE001 - an interpolation of a missing value: reported below
+        data = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    problems = schema_problems(command, data, groups, comment)
+    for key in missing:
         problems.append(f"missing value: {key}=..." + (f" ({comment(key)})" if comment(key) else ""))
     return problems
 

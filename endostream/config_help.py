@@ -1,7 +1,8 @@
 """The configs read for people: per-command help from the YAML files and their comments,
 "did you mean" for unknown keys and options, type checks that name the key, and one line
-per missing mandatory value. Used by :mod:`endostream.cli`; reads ``configs/`` as text (the
-comments are the documentation), composes nothing itself.
+per missing mandatory value. Used by :mod:`endostream.cli`; reads the command's schema
+(endostream/config_schema: keys, types, defaults, what they mean) and ``configs/`` as text (the
+group files' comments are their documentation), composes nothing itself.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def group_options(config_dir: Path, group: str) -> list[str]:
 
 
 def _row(key: str, value: str, comment: str, indent: int) -> str:
-    left = f"{' ' * indent}{key}: {value}"
+    left = f"{' ' * indent}{key}: {value}".rstrip()
     return f"{left:<42}  # {comment}" if comment else left
 
 
@@ -151,13 +152,74 @@ def command_help(config_dir: Path, command: str, purpose: str, examples: list[st
                 continue
             lines.append(f"    {option}: {opt_header}" if isinstance(choice, list) or opt_header
                          else f"    {option}:")
+            kinds = group_types(group, option)
             for k in (k for k in opt_keys if not k.key.endswith("_target_")):
-                lines.append(_row(f"{group}.{k.key}", k.value, k.comment, 6))
-    lines += ["", f"keys (configs/{command}.yaml):"]
-    lines += [_row(k.key, k.value, k.comment, 2) for k in keys]
-    if any(k.value == "???" for k in keys):
+                kind = kinds.get(k.key, "")
+                text = f"[{kind}] {k.comment}".strip() if kind else k.comment
+                lines.append(_row(f"{group}.{k.key}", k.value, text, 6))
+    from endostream.config_schema import SCHEMAS
+
+    rows = schema_rows(SCHEMAS[command])
+    lines += ["", "keys (type, default; endostream/config_schema/commands.py):"]
+    lines += [_row(key, value, f"[{kind}] {text}" if kind else text, 2) for key, value, kind, text in rows]
+    if keys:
+        lines += ["", f"set in the groups by configs/{command}.yaml:"]
+        lines += [_row(k.key, k.value, k.comment, 2) for k in keys]
+    if any(value == "???" for _, value, _, _ in rows):
         lines += ["", "??? marks a value you must give."]
     return "\n".join(lines)
+
+
+def group_types(group: str, option: str) -> dict[str, str]:
+    """Key inside a group option's file -> its type in words, from the groups' schema."""
+    from endostream.config_schema import groups as g
+
+    if group == "sink":
+        schema, prefix = g.SINKS.get(option), f"{option}."
+    elif group == "model":
+        schema, prefix = g.model_schema("onnx" if option == "onnx" else None), ""
+    else:
+        schema, prefix = g.GROUPS.get(group), ""
+    return {prefix + key: kind for key, _, kind, _ in schema_rows(schema)} if schema else {}
+
+
+def _yaml_value(value: Any) -> str:
+    """A default as it is written on the command line: null, true, [video], out/bench."""
+    if isinstance(value, str):
+        return value if value else '""'
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def schema_rows(schema: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, default, type in words, what it means) for every key of a schema; a block of
+    keys is one row with its meaning followed by a row per key inside it."""
+    from pydantic import BaseModel
+
+    from endostream.config_schema.base import describe
+
+    rows = []
+    defaults = schema.model_construct().model_dump()  # group schemas have none: .get below
+    for name, field in schema.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.append((key, "", "", field.description or ""))
+            inner = schema_rows(annotation, key + ".")
+            if not field.is_required():  # this schema's default for the block (demo's threads: auto)
+                values = defaults.get(name) if isinstance(defaults.get(name), dict) else {}
+                inner = [(k, _yaml_value(_get(values, k[len(key) + 1:])), t, d) for k, _, t, d in inner]
+            rows += inner
+            continue
+        value = "" if field.is_required() else _yaml_value(defaults.get(name))  # groups: no defaults
+        rows.append((key, value, describe(annotation, list(field.metadata)),
+                     field.description or ""))
+    return rows
+
+
+def _get(values: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
 
 
 # --------------------------------------------------------------------------- errors
@@ -192,59 +254,14 @@ def did_you_mean(word: str, candidates: list[str]) -> list[str]:
     return close[:2]
 
 
-def known_types(config_dir: Path) -> dict[str, set[type]]:
-    """Types each dotted key has anywhere in ``configs/`` (group files under their group's
-    name), nulls left out: what ``model.steps=two`` is checked against."""
-    types: dict[str, set[type]] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}")
-        elif node is not None and prefix:
-            types.setdefault(prefix, set()).add(type(node))
-
-    for path in config_dir.rglob("*.yaml"):
-        try:
-            data = _load(path.read_text())
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, dict):
-            data.pop("defaults", None)
-            rel = path.relative_to(config_dir)
-            walk(data, ".".join(rel.parts[:-1]))
-    return types
-
-
 def comments_by_key(config_dir: Path, command: str) -> dict[str, str]:
-    """Dotted key -> comment, from the command's file and every group file."""
-    out = {k.key: k.comment for k in read_yaml_docs(config_dir / f"{command}.yaml")[1]}
+    """Dotted key -> what it means: the command's schema, its file, then every group file."""
+    from endostream.config_schema import SCHEMAS
+
+    out = {key: text for key, _, _, text in schema_rows(SCHEMAS[command])}
+    out.update({k.key: k.comment for k in read_yaml_docs(config_dir / f"{command}.yaml")[1] if k.comment})
     for path in config_dir.glob("*/*.yaml"):
         for k in read_yaml_docs(path)[1]:
             if not out.get(f"{path.parent.name}.{k.key}"):  # the group file documents the key
                 out[f"{path.parent.name}.{k.key}"] = k.comment
     return out
-
-
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text",
-          list: "a list [a,b]", dict: "a mapping {k: v}"}
-
-
-def type_error(key: str, value: Any, expected: set[type], comment: str) -> str | None:
-    """Why ``key=value`` has the wrong type, or None when it fits ``expected`` (a word the
-    key's comment names, like ``auto`` in "int, or auto", always fits)."""
-    from omegaconf import DictConfig, ListConfig
-
-    if value is None or not expected or str in expected:
-        return None
-    if isinstance(value, ListConfig):
-        value = list(value)
-    if isinstance(value, DictConfig):
-        value = dict(value)
-    kind = type(value)
-    fits = (kind in expected or (kind is int and float in expected)
-            or (kind is float and int in expected and float(value).is_integer()))
-    if fits or (isinstance(value, str) and re.search(rf"\b{re.escape(value)}\b", comment or "")):
-        return None
-    want = " or ".join(sorted(_NAMES.get(t, t.__name__) for t in expected))
-    return f"{key}={value}: expected {want}" + (f" ({comment})" if comment else "")

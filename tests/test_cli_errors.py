@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import cv2
@@ -15,7 +16,7 @@ import pytest
 import zmq
 
 from conftest import ENV, REPO, cli, free_endpoint, summary
-from endostream.cli import main
+from endostream.cli import COMMANDS, main
 
 
 def _run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, float, float]:
@@ -25,8 +26,13 @@ def _run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, floa
     with open(os.devnull, "rb") as devnull:
         p = subprocess.Popen(args, cwd=REPO, env=ENV, stdin=devnull, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    killer = threading.Timer(timeout, p.kill)  # a command that got past its checks may run on
+    killer.start()
+    try:
+        out = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+    finally:
+        killer.cancel()
     p.returncode = os.waitstatus_to_exitcode(status)
     return p.returncode, out, time.monotonic() - t0, usage.ru_utime + usage.ru_stime
 
@@ -87,6 +93,51 @@ def test_second_consumer_on_the_same_ports_is_refused(tmp_path, procs):
     assert first.p.poll() is None, "the first consumer must keep running"
 
 
+# One wrong value per command, as a user would type it. Each must stop before anything starts:
+# one line naming the key, the value and what is expected, exit 2.
+BAD_VALUES = {
+    "demo": ("max_frames=abc", "an integer"),
+    "produce": ("loop=maybe", "true or false"),
+    "consume": ("max_frames=abc", "an integer"),
+    "keys": ("action=delete", "one of create, list, allow"),
+    "train": ("train.lr=fast", "a number"),
+    "eval": ("sequence=maybe", "true or false"),
+    "predict": ("model.steps=two", "an integer"),
+    "export": ("precision=int8", "one of fp32, fp16"),
+    "bench": ("scenario=pipelin", "one of transport, model, pipeline"),
+    "batch": ("workers=two", "an integer"),
+}
+# Mandatory values the commands need to get as far as their type check.
+_NEEDS = {"predict": ["input=a", "output=b"], "batch": ["input=a", "output=b"]}
+
+
+def test_every_command_has_a_wrong_value_case():
+    assert set(BAD_VALUES) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", list(BAD_VALUES))
+def test_wrong_value_stops_every_command_before_it_starts(command, tmp_path):
+    """The endpoint is held by another socket: a command that got past its type check would
+    stop on the busy endpoint (or bind, or load the model) instead of naming the value."""
+    override, expected = BAD_VALUES[command]
+    ep = free_endpoint()
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.SUB)
+    holder.bind(ep)
+    extra = [f"transport.endpoint={ep}"] if command in ("demo", "produce", "consume") else []
+    extra += [f"out={tmp_path / 'out'}"] if command in ("demo", "consume", "bench") else []
+    try:
+        rc, out, wall, cpu = _run_measured(cli(command, *_NEEDS.get(command, []), *extra, override),
+                                           timeout=60)
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    assert rc == 2, out
+    _assert_one_line_error(rc, out, wall, cpu, f"endostream {command}: {override}: expected {expected}")
+    assert "already in use" not in out
+    assert cpu < 5.0, cpu  # composing and checking only: no model, no torch
+
+
 def test_no_sinks(tmp_path):
     r = subprocess.run(cli("consume", "sink=[]", f"transport.endpoint={free_endpoint()}",
                            f"out={tmp_path}", "idle_timeout_s=1", "model.threads=1"),
@@ -101,7 +152,7 @@ def test_no_sinks(tmp_path):
     (["consume", "sink=[vewer]"], "unknown sink 'vewer': did you mean viewer?"),
     (["consume", "modality=colonscopy"], "unknown modality 'colonscopy': did you mean colonoscopy"),
     (["consume", "sink.viewer.port=8091"], "sink 'viewer' is not selected; add it, e.g. sink=[viewer]"),
-    (["consume", "model.steps=two"], "model.steps=two: expected an integer (K denoising steps"),
+    (["consume", "model.steps=two"], "model.steps=two: expected an integer of at least 0 or null (K denoising steps"),
     (["consume", "idle_timeout_s=soon"], "idle_timeout_s=soon: expected a number"),
     (["bench", "frames=many"], "frames=many: expected an integer"),
     (["consume", "--verbose"], "cannot read '--verbose': expected key=value"),
@@ -124,10 +175,11 @@ def test_words_the_comment_names_are_accepted(capsys):
 def test_every_missing_mandatory_value_is_one_line(capsys):
     assert main(["predict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["endostream predict: missing value: input=...",
-                   "endostream predict: missing value: output=..."]
+    assert err == ["endostream predict: missing value: input=... (a folder of images or one image file)",
+                   "endostream predict: missing value: output=... (folder for the mask PNGs)"]
     assert main(["predict", "input=x"]) == 2
-    assert capsys.readouterr().err.strip() == "endostream predict: missing value: output=..."
+    assert capsys.readouterr().err.strip() == ("endostream predict: missing value: output=... "
+                                               "(folder for the mask PNGs)")
 
 
 def test_predict_one_image_file(tmp_path, capsys):

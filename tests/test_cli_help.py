@@ -1,5 +1,5 @@
 """`endostream <command> --help` / `-h` for every command: purpose, config groups and keys with
-the comments of their YAML files, examples; exit 0."""
+their types (the schema) and meanings (the schema, the group files' comments), examples; exit 0."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ENV, REPO, cli
 from endostream.cli import COMMANDS, HELP, config_dir, main
-from endostream.config_help import read_yaml_docs
+from endostream.config_help import read_yaml_docs, schema_rows
+from endostream.config_schema import SCHEMAS
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
@@ -21,13 +22,17 @@ def test_help_for_every_command(command, capsys):
         text = capsys.readouterr().out
         assert text.startswith(f"endostream {command}: {HELP[command][0]}")
         assert "examples:" in text and HELP[command][1][0] in text
-        # every key of the command's file is listed, with its comment where it has one
-        _, keys = read_yaml_docs(config_dir() / f"{command}.yaml")
-        assert keys, f"configs/{command}.yaml has no keys?"
-        for k in keys:
-            assert f"{k.key}: {k.value}" in text, f"{k.key} missing from {command} --help"
-            if k.comment:
-                assert k.comment in text, f"comment of {k.key} missing from {command} --help"
+        # every key of the command's schema is listed with its default, its type and its meaning
+        rows = schema_rows(SCHEMAS[command])
+        assert len(rows) >= 3, f"{command} has no keys?"
+        for key, value, kind, meaning in rows:
+            row = next((line for line in text.splitlines()
+                        if line.strip() == f"{key}:" or line.strip().startswith(f"{key}: ")), "")
+            assert row.strip().startswith(f"{key}: {value}".strip()), f"{key} missing from {command} --help"
+            assert (not kind or f"[{kind}]" in row) and meaning in row, row
+        # and what the command's file changes in its groups, with its comment
+        for k in read_yaml_docs(config_dir() / f"{command}.yaml")[1]:
+            assert f"{k.key}: {k.value}" in text and k.comment in text, k.key
 
 
 def test_consume_help_lists_groups_and_the_override_keys(capsys):
@@ -38,6 +43,8 @@ def test_consume_help_lists_groups_and_the_override_keys(capsys):
     assert "sink.viewer.port: 8090" in text and "transport.endpoint: null" in text
     assert "no_signal_after_ms: 1000" in text and "NO SIGNAL card" in text
     assert "model.threads: null" in text and "int, or auto" in text  # comment on the same line
+    assert "max_frames: null" in text and "[an integer of at least 0 or null]" in text  # its type
+    assert "transport.mode: live" in text and "[one of live, lossless]" in text  # a group key's type
     assert "_target_" not in text
 
 
