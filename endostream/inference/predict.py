@@ -19,16 +19,17 @@ from endostream.capture.sources import IMAGE_EXTS, image_files
 from endostream.interrupt import StopRequest
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, key: str = "input") -> list[Path]:
     """Image files of ``folder`` in natural order (the same listing as folder sources), or
-    ``folder`` itself when it is one image file."""
+    ``folder`` itself when it is one image file. ``key`` is the override the user typed
+    (``input`` for predict, ``images`` for eval), so the error names it."""
     if folder.is_file():
         if not folder.name.lower().endswith(IMAGE_EXTS):
-            raise ValueError(f"input {folder} is not an image (png/jpg/bmp/tif) nor a folder of images")
+            raise ValueError(f"{key}={folder} is not an image (png/jpg/bmp/tif) nor a folder of images")
         return [folder]
     if not folder.is_dir():
-        raise FileNotFoundError(f"input folder not found: {folder} "
-                                "(input= takes a folder of images or one image file)")
+        raise FileNotFoundError(f"{key} folder not found: {folder} "
+                                f"({key}= takes a folder of images or one image file)")
     return [Path(p) for p in image_files(folder) if Path(p).is_file()]
 
 

@@ -110,10 +110,10 @@ def run(cfg) -> int:
 
 
 def _run(cfg, stop: StopRequest) -> int:
+    # A folder given by the user is read before the model loads, so a wrong path is one line at once.
+    items = _folder_items(cfg.images, cfg.masks, bool(cfg.sequence)) if cfg.images else None
     seg = load_segmenter(**cfg.model)
-    if cfg.images:
-        items = _folder_items(Path(cfg.images), Path(cfg.masks), bool(cfg.sequence))
-    else:
+    if items is None:
         from endostream.training.dataset import load_splits
         from endostream.training.validate import load_eval_items
 
@@ -139,11 +139,18 @@ class _Item:
         self.image, self.gt, self.group, self.sequence = image, gt, group, sequence
 
 
-def _folder_items(images: Path, masks: Path, sequence: bool) -> list[_Item]:
+def _folder_items(images_arg: str, masks_arg: str | None, sequence: bool) -> list[_Item]:
     from endostream.inference.predict import list_images
 
+    if not masks_arg:
+        raise ValueError("images= needs masks=DIR: a ground-truth mask per image, same file name")
+    images, masks = Path(images_arg), Path(masks_arg)
+    paths = list_images(images, key="images")
+    if not masks.is_dir():
+        raise FileNotFoundError(f"masks folder not found: {masks} (masks= takes the folder of "
+                                "ground-truth masks for images=)")
     items = []
-    for p in list_images(images):
+    for p in paths:
         mp = next((q for q in (masks / p.name, masks / (p.stem + ".png"), masks / (p.stem + ".jpg")) if q.is_file()), None)
         if mp is None:
             raise FileNotFoundError(f"no ground-truth mask for {p.name} in {masks}")
