@@ -81,10 +81,12 @@ def write_csv(path: Path, records: Sequence[Mapping[str, Any]], order: Sequence[
             w.writerow(row)
 
 
-# The latency goal every figure is read against (README, "Latency"): the glass-to-overlay
-# time a clinician can work with.
-GOAL_P50_MS = 40.0
-GOAL_P99_MS = 60.0
+# The live goals every figure is read against (README, "Current figures"): the video a clinician
+# watches (display path: capture -> the frame written) under 60 ms at p99, the same video goal as
+# the rooms-by-capacity search (capacity.video_p99_ms), and the mask on it (capture of the frame
+# the mask was computed on -> the frame showing it) under 25 ms at p50 and 45 ms at p99.
+GOALS_MS: dict[str, dict[str, float]] = {"display path": {"p99_ms": 60.0},
+                                         "mask path": {"p50_ms": 25.0, "p99_ms": 45.0}}
 
 _SUMMARY_COLS = ("count", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms",
                  "tail_ms", "flatness_ms")
@@ -105,16 +107,23 @@ def _row(name: str, s: Mapping[str, Any]) -> str:
     return f"| {name} | " + " | ".join(_fmt(s.get(c)) for c in _SUMMARY_COLS) + " |"
 
 
-def _goal(s: Mapping[str, Any] | None) -> str:
-    """"met" / "missed by N ms" against the p50 and p99 goals."""
+def _goal(s: Mapping[str, Any] | None, path: str) -> str:
+    """"p99 met" / "p99 over by N ms" against ``path``'s goals (a value must stay under its goal)."""
     if not s or s.get("p50_ms") is None:
         return "-"
     parts = []
-    for key, goal in (("p50_ms", GOAL_P50_MS), ("p99_ms", GOAL_P99_MS)):
+    for key, goal in GOALS_MS[path].items():
         v = float(s[key])
         name = key.removesuffix("_ms")
-        parts.append(f"{name} met" if v <= goal else f"{name} over by {v - goal:.1f} ms")
+        parts.append(f"{name} met (< {goal:g} ms)" if v < goal else f"{name} over by {v - goal:.1f} ms")
     return ", ".join(parts)
+
+
+def goals_line() -> str:
+    """The goals in words, for summaries and plot titles."""
+    def one(path: str) -> str:
+        return ", ".join(f"{k.removesuffix('_ms')} < {v:g} ms" for k, v in GOALS_MS[path].items())
+    return f"video (display path) {one('display path')}; mask age (mask path) {one('mask path')}"
 
 
 def summary_md(report: Mapping[str, Any]) -> str:
@@ -125,16 +134,17 @@ def summary_md(report: Mapping[str, Any]) -> str:
     m = report["machine"]
     live_mask = report.get("mask_end_to_end")
     lines = [f"# endostream bench: {report['scenario']} ({report.get('mode', '-')})", "",
-             f"Goal: p50 <= {GOAL_P50_MS:g} ms, p99 <= {GOAL_P99_MS:g} ms.", ""]
+             f"Goals: {goals_line()}.", ""]
     lines += _header("end to end") + [_row("**display path** (HUD: video lag)", e2e)]
     if live_mask:
         lines.append(_row("**mask path** (HUD: AI lag)", live_mask))
-    lines += ["", f"- display path, capture -> the frame written: {_goal(e2e)}"]
+    lines += ["", f"- display path, capture -> the frame written: {_goal(e2e, 'display path')}"]
     if live_mask:
         lines.append(f"- mask path, capture of the frame a mask was computed on -> a frame shown with "
-                     f"that mask: {_goal(live_mask)}")
+                     f"that mask: {_goal(live_mask, 'mask path')}")
     elif report.get("end_boundary") == "sink":
-        lines.append("- mask path: the same as the display path (each frame is shown with its own mask)")
+        lines.append("- mask path: the same as the display path (each frame is shown with its own mask): "
+                     f"{_goal(e2e, 'mask path')}")
     lines += ["",
               f"- frames: sent {report['frames_sent']}, segmented {report['frames_processed']}, not "
               f"segmented (the model skipped them) {report['frames_dropped']}, shown "
@@ -196,10 +206,13 @@ def summary_md(report: Mapping[str, Any]) -> str:
 
 
 def _goal_lines(ax: Any, *, vertical: bool) -> None:
-    """The p50 and p99 goals as dashed lines, labelled in the legend."""
+    """Each path's goals as grey lines, labelled in the legend."""
     draw = ax.axvline if vertical else ax.axhline
-    draw(GOAL_P50_MS, color="0.25", ls="--", lw=1.2, label=f"goal p50 {GOAL_P50_MS:g} ms")
-    draw(GOAL_P99_MS, color="0.25", ls=":", lw=1.4, label=f"goal p99 {GOAL_P99_MS:g} ms")
+    styles = iter([":", "--", "-."])
+    for path, goals in GOALS_MS.items():
+        for key, goal in goals.items():
+            draw(goal, color="0.25", ls=next(styles), lw=1.3,
+                 label=f"goal {path.split()[0]} {key.removesuffix('_ms')} < {goal:g} ms")
 
 
 def _cdf(ax: Any, values: Sequence[float], **kw: Any) -> None:
@@ -316,10 +329,11 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
         bottom += h
     e2e = [float(np.median(ms)) if len(ms) else 0.0 for _, _, ms in bars]
     ax.hlines(e2e, x - 0.36, x + 0.36, color="k", lw=2.2, zorder=3, label="end-to-end median")
-    ax.axhline(GOAL_P50_MS, color="0.25", ls="--", lw=1.2, label=f"goal p50 {GOAL_P50_MS:g} ms")
+    mask_p50 = GOALS_MS["mask path"]["p50_ms"]  # the only median goal
+    ax.axhline(mask_p50, color="0.25", ls="--", lw=1.2, label=f"goal mask p50 < {mask_p50:g} ms")
     ax.set_xticks(x, labels)
     ax.set_xlim(-0.7, len(bars) - 0.3)
-    ax.set_ylim(0, max(GOAL_P50_MS, *e2e, *bottom) * 1.12)
+    ax.set_ylim(0, max(mask_p50, *e2e, *bottom) * 1.12)
     ax.set_ylabel("median latency (ms)")
     ax.set_title("Where the time goes (stage medians)")
     ax.grid(axis="y", alpha=0.3)
