@@ -10,9 +10,10 @@ The stages are small classes with typed inputs and outputs, wired in one place
       -> Telemetry (fps, latency, drops, Dice) + Records (per-frame CSV / callback)
       -> SignalTracker (waiting / live / no_signal / ended; cards and viewer status)
 
-live      The display path (receive -> overlay -> sinks) never waits for the model: every
-          frame the receiver delivers is drawn with the newest mask available and its age, and
-          the model runs in a worker thread on the newest frame only. A mask older than
+live      The display path (receive -> overlay -> sinks) waits for a frame's own mask up to
+          ``overlay.wait_ms`` (one deadline for all streams of a pass), then draws every frame
+          the receiver delivers with the newest mask available and its age; the model runs in
+          a worker thread on the newest frame only. A mask older than
           ``overlay.stale_ms`` (capture-time difference to the shown frame) is hidden and
           "AI paused" is shown, while the video keeps flowing.
 lossless  One thread: each frame is segmented, drawn, written by the sinks, journalled in
