@@ -56,5 +56,4 @@ PINNED = {'weights_sha256': 'd1cd1fb89093b6ce9a06a32a93a03df24093e2cfdbc0c7e7c8b
  'floors': {'predict_dice': 0.82,
             'eval_meanDice': 0.67,
             'demo_dice': 0.78,
-            'demo_live_dice': 0.3,
             'uncertainty_ratio': {'interior': 1.5, 'background': 2.12}}}

@@ -215,9 +215,6 @@ def measure() -> dict:
     values["floors"] = {"predict_dice": floor(values["predict_dice"]),
                         "eval_meanDice": floor(values["eval"]["meanDice"]),
                         "demo_dice": floor(values["demo_dice"]),
-                        # live mode shows whichever masks were ready: 0.60 seen on the loaded 2-core
-                        # VM, 0.81 idle, inverted masks 0.05; fixed, not measured
-                        "demo_live_dice": 0.3,
                         # spread ratios: half the measured worst image's, and never under 1.5
                         "uncertainty_ratio": {k: max(1.5, round(v / 2, 2))
                                               for k, v in values["uncertainty"]["measured_min_ratio"].items()}}
