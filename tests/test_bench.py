@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from PIL import Image
 
 from endostream.bench import clock as bench_clock
 from endostream.bench.stats import (backlog_check, end_to_end_ms, skip_warmup, stage_durations,
@@ -154,6 +155,12 @@ def test_pipeline_report_has_required_keys_plots_and_csv(pipeline_run):
     assert r["machine"]["cores"] >= 1 and "numpy" in r["machine"]["packages"]
     for f in ("latency_cdf.png", "latency_over_time.png", "stage_breakdown.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+        # a plot read alone names model, backend, machine, load and the verdict (drawn and in its text)
+        text = Image.open(out / f).text["Description"]
+        for needle in (r["backend"], f"K={r['steps']}", r["machine"]["cpu"], "load during the run", "GOALS "):
+            assert needle in text, (f, needle, text)
+    assert r["stages"]["wait"]["count"] > 0  # live: the wait for the frame's own mask, its own stage
+    assert r["machine"]["load_during_run"]["samples"] >= 2
     rows = list(csv.DictReader(open(out / "frames.csv")))
     assert rows and {"end_to_end_ms", "sink_ms", "grab_ns", "sink_ns", "warmup"} <= set(rows[0])
     md = (out / "summary.md").read_text()

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from endostream.bench.caption import stage_label
 from endostream.bench.models import mask_age
 from endostream.bench.stats import stage_durations
 
@@ -231,12 +232,26 @@ def _paths(s: Mapping[str, Any]) -> list[tuple[str, list[float], list[float], di
     return out
 
 
-def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str = "") -> list[str]:
+def draw_caption(fig: Any, caption: str) -> None:
+    """The caption (model, machine, load, verdict: bench/caption.py) under the figure; the
+    verdict line red when a goal is missed."""
+    if not caption:
+        return
+    *head, verdict = caption.splitlines()
+    fig.text(0.01, -0.01, "\n".join(head), ha="left", va="top", fontsize=8.5)
+    line = 8.5 * 1.3 / 72 / fig.get_figheight()  # one text line, in figure heights
+    fig.text(0.01, -0.01 - line * len(head), verdict, ha="left", va="top",
+             fontsize=8.5, weight="bold", color="#b00000" if "MISSED" in verdict or verdict.startswith("NOT") else "#006400")
+
+
+def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str = "",
+             caption: str = "") -> list[str]:
     """PNG plots. ``series``: variant -> {"e2e_t_s", "e2e_ms", "stages": {name: [ms]}} and, for
     a live pipeline, "mask_t_s", "mask_ms", "mask_stages" (the mask path per shown frame).
     Written: latency_cdf.png (both paths against the goals, and per stage), latency_over_time.png,
     stage_breakdown.png (stacked stage medians per path). Linear millisecond axes throughout:
-    the goals are in milliseconds and read best on a linear scale."""
+    the goals are in milliseconds and read best on a linear scale. ``caption``: written under
+    each figure, so that a PNG read alone names model, backend, machine, load and verdict."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on a CI box or a tower PC
@@ -277,7 +292,7 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
                 if pname == "mask path" and stage in s["stages"] and stage in ("encode", "send", "receive", "decode"):
                     continue  # the masked frame's transport stages: the display path's, already drawn
                 _cdf(ax, vals, lw=1.3, ls=path_style[pname], color=cmap(k % 20),
-                     label=f"{stage} ({pname.split()[0]})")
+                     label=f"{stage_label(stage)} ({pname.split()[0]})")
                 k += 1
         ax.set_xlim(left=0)
         ax.set_xlabel("stage duration (ms)")
@@ -287,7 +302,8 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
         if k:
             ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "latency_cdf.png", dpi=100, bbox_inches="tight")
+    draw_caption(fig, caption)
+    fig.savefig(out / "latency_cdf.png", dpi=100, bbox_inches="tight", metadata={"Description": caption})
     plt.close(fig)
     files.append("latency_cdf.png")
 
@@ -306,7 +322,8 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "latency_over_time.png", dpi=100, bbox_inches="tight")
+    draw_caption(fig, caption)
+    fig.savefig(out / "latency_over_time.png", dpi=100, bbox_inches="tight", metadata={"Description": caption})
     plt.close(fig)
     files.append("latency_over_time.png")
 
@@ -325,7 +342,7 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
     bottom = np.zeros(len(bars))
     for i, stage in enumerate(all_stages):
         h = np.array([float(np.median(st[stage])) if len(st.get(stage, [])) else 0.0 for _, st, _ in bars])
-        ax.bar(x, h, 0.6, bottom=bottom, color=cmap(i % 20), label=stage)
+        ax.bar(x, h, 0.6, bottom=bottom, color=cmap(i % 20), label=stage_label(stage))
         bottom += h
     e2e = [float(np.median(ms)) if len(ms) else 0.0 for _, _, ms in bars]
     ax.hlines(e2e, x - 0.36, x + 0.36, color="k", lw=2.2, zorder=3, label="end-to-end median")
@@ -339,7 +356,8 @@ def plot_all(out: Path, series: Mapping[str, Mapping[str, Any]], order_name: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "stage_breakdown.png", dpi=100, bbox_inches="tight")
+    draw_caption(fig, caption)
+    fig.savefig(out / "stage_breakdown.png", dpi=100, bbox_inches="tight", metadata={"Description": caption})
     plt.close(fig)
     files.append("stage_breakdown.png")
     return files

@@ -24,6 +24,8 @@ from endostream.bench import clock as bench_clock
 
 from endostream.bench import models as bench_models
 from endostream.bench import report as bench_report
+from endostream.bench.caption import caption
+from endostream.bench.load import LoadSampler
 from endostream.bench.scenarios import SCENARIOS, STOP, RunResult
 from endostream.bench.source import describe
 from endostream.bench.stats import analyze
@@ -270,7 +272,8 @@ def run(cfg: Any) -> int:
     t0 = time.monotonic()
     runs: dict[str, list[RunResult]] = {n: [] for n in names}
     STOP.clear()
-    with StopRequest(lambda _name: STOP.set()) as stop, \
+    load = LoadSampler()  # how busy the machine was while measuring, for every figure
+    with load, StopRequest(lambda _name: STOP.set()) as stop, \
             tqdm(total=total, desc=f"bench {cfg.scenario}", unit="frame", file=sys.stderr,
                  disable=not cfg.progress) as bar:
         for r in range(rounds):
@@ -303,7 +306,7 @@ def run(cfg: Any) -> int:
         report["compare"] = {"baseline": baseline, "rounds": rounds, "variants": {
             n: {**v, "ratios": _ratios(v, b)} for n, v in reports.items()}}
         report["compare"]["overrides"] = OmegaConf.to_container(cfg.compare.variants, resolve=True)
-    report.update(clock=_clock(cfg), machine=bench_report.machine(),
+    report.update(clock=_clock(cfg), machine={**bench_report.machine(), "load_during_run": load.summary()},
                   elapsed_s=round(time.monotonic() - t0, 2),
                   config=OmegaConf.to_container(cfg, resolve=True),
                   **({"stopped_by": stop.requested} if stop.requested else {}))
@@ -317,7 +320,7 @@ def run(cfg: Any) -> int:
                          if b not in ("overlay", "sink")}, key=_order_index)
         bench_report.write_csv(out / "inference.csv", model_records, morder, "postprocess")
     report["files"] = ["report.json", "frames.csv", "summary.md",
-                       *bench_report.plot_all(out, series)] + (["inference.csv"] if model_records else [])
+                       *bench_report.plot_all(out, series, caption=caption(report, bench_report.GOALS_MS))] + (["inference.csv"] if model_records else [])
     (out / "summary.md").write_text(bench_report.summary_md(report))
     bench_report.write_json(out / "report.json", report)
     if stop.requested:

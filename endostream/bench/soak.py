@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from endostream.bench import report as bench_report
+from endostream.bench.caption import soak_caption
+from endostream.bench.load import LoadSampler
 from endostream.bench.report import _fmt as _f
 from endostream.bench.source import describe
 
@@ -201,8 +203,9 @@ def write_csv(path: Path, samples: list[dict[str, Any]]) -> None:
         w.writerows(samples)
 
 
-def plot(path: Path, samples: list[dict[str, Any]], v: dict[str, Any]) -> None:
-    """Two panels on one time axis: RSS of both processes; end-to-end and mask p50/p99."""
+def plot(path: Path, samples: list[dict[str, Any]], v: dict[str, Any], caption: str = "") -> None:
+    """Two panels on one time axis: RSS of both processes; end-to-end and mask p50/p99; under
+    them ``caption`` (model, machine, load, verdict)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,7 +233,8 @@ def plot(path: Path, samples: list[dict[str, Any]], v: dict[str, Any]) -> None:
     a2.grid(alpha=0.3)
     a2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    bench_report.draw_caption(fig, caption)
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Description": caption})
     plt.close(fig)
 
 
@@ -300,6 +304,7 @@ def run(cfg: Any) -> int:
     sampler = Sampler(warmup, min(warmup, 5))
     stop = threading.Event()
     t_wall = time.monotonic()
+    load = LoadSampler().start()  # stopped below, once the streaming is over
 
     def sample_loop(bar: Any) -> None:
         next_t = time.monotonic() + every
@@ -338,6 +343,7 @@ def run(cfg: Any) -> int:
         if not cfg.keep_work:
             shutil.rmtree(work, ignore_errors=True)
 
+    load.stop()
     th_cfg = {k: float(sc[k]) for k in ("settle_s", "max_rss_growth_mb_per_h", "rss_noise_mb",
                                         "max_p50_drift_ms", "max_p50_drift_frac",
                                         "max_p99_drift_ms", "max_p99_drift_frac")}
@@ -355,11 +361,12 @@ def run(cfg: Any) -> int:
         "source": describe(src, OmegaConf.to_container(cfg.synthetic, resolve=True)),
         "consumer": {k: summary.get(k) for k in ("frames_received", "frames_shown", "frames_processed",
                                                  "frames_dropped", "errors", "exit_reason", "fps")},
-        "machine": bench_report.machine(), "elapsed_s": round(time.monotonic() - t_wall, 2),
+        "machine": {**bench_report.machine(), "load_during_run": load.summary()},
+        "elapsed_s": round(time.monotonic() - t_wall, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "files": ["report.json", "soak.csv", "soak.png", "summary.md"]}
     write_csv(out / "soak.csv", samples)
-    plot(out / "soak.png", samples, v)
+    plot(out / "soak.png", samples, v, soak_caption(rep))
     (out / "summary.md").write_text(summary_md(rep))
     bench_report.write_json(out / "report.json", rep)
     mem = v["memory"]

@@ -15,9 +15,11 @@ import numpy as np
 # Stage boundaries in pipeline order. A stage is named by the boundary that ends it, so
 # "receive" is send -> receive (socket + queueing) and "sink" is overlay -> sink written.
 # "infer_start" is decode -> the model starting on the frame (live: waiting for the worker).
+# "wait" (live display path) is decode -> the display stops waiting for the frame's own mask
+# (overlay.wait_ms at most); "overlay" after it is the drawing alone.
 # step1..stepK are expanded in :func:`stage_order` from what the records hold.
 BOUNDARIES: tuple[str, ...] = ("grab", "encode", "send", "receive", "decode", "infer_start", "preprocess",
-                               "encoder", "step*", "postprocess", "overlay", "sink")
+                               "encoder", "step*", "postprocess", "wait", "overlay", "sink")
 
 # The mask path's last stage: the mask's postprocess -> the sink writing a frame drawn with it.
 UNTIL_SHOWN = "until shown"
@@ -162,7 +164,7 @@ def analyze(records: Sequence[Mapping], *, end: str, warmup: int,
         mkept = skip_warmup(sorted(model_records, key=lambda r: int(r["t_capture_ns"])), warmup)
         # The model branch starts at decode; the display path may stamp the same frame's overlay
         # and sink meanwhile (one Frame object), which belong to the other branch.
-        skip = ("grab", "encode", "send", "receive", "overlay", "sink")
+        skip = ("grab", "encode", "send", "receive", "wait", "overlay", "sink")
         morder = [b for b in stage_order(mkept) if b not in skip]
         out["model_stages"] = {k: summarize(v) for k, v in stage_table(mkept, morder).items()}
         # What the overlay really shows: capture of the frame the mask was computed on ->
@@ -170,7 +172,7 @@ def analyze(records: Sequence[Mapping], *, end: str, warmup: int,
         # the masked frame's own stages up to postprocess, then "until shown" (postprocess ->
         # the sink of the frame drawn with it: waiting for the next displayed frame + drawing).
         by_key = {(r.get("run", 0), int(r["stream_id"]), int(r["seq"])): r for r in model_records}
-        path_order = [b for b in stage_order(model_records) if b not in ("overlay", "sink")]
+        path_order = [b for b in stage_order(model_records) if b not in ("wait", "overlay", "sink")]
         mask_t, mask_e2e = [], []
         mask_stages: dict[str, list[float]] = {b: [] for b in path_order[1:]}
         mask_stages[UNTIL_SHOWN] = []

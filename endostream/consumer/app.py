@@ -237,6 +237,7 @@ class Consumer:
             # The frame was submitted with the other streams' frames (run_live): wait
             # until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one.
             result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns)
+            frame.stamps_ns["wait"] = time.monotonic_ns()  # the wait is its own stage in the bench
             if result is not None and result.epoch != epoch:
                 result = None  # a mask from before the producer restarted
             self._show(frame, epoch, result, st)

@@ -152,7 +152,7 @@ def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, fl
 
 
 SHOWN_COLUMNS = ["stream_id", "epoch", "seq", "t_capture_ns", "grab", "encode", "send", "receive",
-                 "decode", "infer_start", "preprocess", "encoder", "postprocess", "overlay", "sink",
+                 "decode", "infer_start", "preprocess", "encoder", "postprocess", "wait", "overlay", "sink",
                  "latency_ms", "mask_seq", "mask_age_ms", "paused", "dice"]
 INFER_COLUMNS = ["stream_id", "epoch", "seq", "newest_seq", "t_capture_ns", "receive", "decode",
                  "picked", "infer_start", "preprocess", "encoder", "postprocess", "presence", "gated"]
