@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from endostream.runtime.registry import BACKENDS
+
 MISSING = "???"  # OmegaConf's mandatory value: the command stops with "missing value: key=..."
 
 
@@ -24,7 +26,7 @@ Ratio = Annotated[float, annotated_types.Ge(0), annotated_types.Le(1)]
 Quality = Annotated[int, annotated_types.Ge(0), annotated_types.Le(100)]
 Port = Annotated[int, annotated_types.Ge(0), annotated_types.Le(65535)]
 Count = Annotated[int, annotated_types.Ge(0)]
-Backend = Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"]
+Backend = Literal[BACKENDS]  # the runtime registry's names, listed there once
 Threads = Union[int, Literal["auto"]]
 
 
