@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -40,7 +41,7 @@ def register() -> None:
     _registered = True
 
 
-def _group_models(command: str, cfg: Any, groups: list[str]) -> dict[str, Any]:
+def _group_models(cfg: Any, groups: list[str]) -> dict[str, Any]:
     """The groups a command's YAML selects -> (their typed models, their values)."""
     out: dict[str, Any] = {}
     for group in groups:
@@ -109,13 +110,14 @@ def _value_at(data: Any, names: list[str]) -> Any:
     return data
 
 
-def problems(command: str, cfg: Any, groups: list[str], comment: Any = lambda key: "") -> list[str]:
+def problems(command: str, cfg: Any, groups: list[str],
+             comment: Callable[[str], str] = lambda key: "") -> list[str]:
     """One line per wrong value of a composed config (plain data, interpolations resolved):
     the command's own keys against its schema, each selected group against its own."""
     data = dict(cfg)
     own = {k: v for k, v in data.items() if k not in groups}
     checks: list[tuple[str, type[Schema], Any]] = [("", SCHEMAS[command], own)]
-    checks += [(name, schema, value) for name, (schema, value) in _group_models(command, data, groups).items()]
+    checks += [(name, schema, value) for name, (schema, value) in _group_models(data, groups).items()]
     lines: list[str] = []
     seen: set[str] = set()
     for prefix, schema, value in checks:
