@@ -33,14 +33,11 @@ class ModelOverrides(Schema):
         None, description="onnx: the graph and its contract, e.g. 'model.graph={path:my.onnx,layout:NHWC}'")
 
 
-class BatchConfigRayInit(Schema):
-    include_dashboard: bool = Field(False)
-
-
 class BatchConfigRay(Schema):
     address: Optional[Text] = Field(None,
         description="null: start a local cluster; 'auto' or 'ray://host:10001' to join one")
-    init: BatchConfigRayInit = Field(default_factory=BatchConfigRayInit,
+    # ray.init() takes many arguments (+ray.init.num_cpus=2): an open mapping, Ray checks it.
+    init: dict[str, Any] = Field(default_factory=lambda: {"include_dashboard": False},
         description="extra ray.init() arguments when a local cluster is started")
 
 
