@@ -158,3 +158,27 @@ def test_a_room_whose_mask_is_ready_is_shown_before_one_still_segmenting() -> No
         assert worker.latest(0) is not None and worker.latest(0).seq == 0  # room 0 came when its mask did
     finally:
         worker.stop()
+
+
+def test_a_flood_of_stream_ids_missing_their_deadlines_logs_a_bounded_number_of_lines(caplog) -> None:
+    """Every new room's first missed deadline used to be its own warning: stream ids come from
+    peers, so 500 of them meant 500 lines. They share one rate-limited line now, and the count
+    is still kept per room."""
+    from omegaconf import OmegaConf
+
+    from endostream.cli import config_dir
+    from endostream.consumer.worker import Inference, InferenceWorker, ModelRouter, modality_spec
+
+    spec = modality_spec(OmegaConf.load(config_dir() / "modality" / "colonoscopy.yaml"))
+    router = ModelRouter(spec, {"weights": str(REPO / "weights" / "polyp.pt"), "backend": "onnxruntime",
+                                "threads": 1, "max_batch": 1}, config_dir())
+    worker = InferenceWorker(Inference(router))
+    try:
+        with caplog.at_level(logging.WARNING, logger="endostream.consumer.worker"):
+            for sid in range(500):  # none submitted: each frame is shown with no mask of its own
+                assert worker.wait_for(sid, 0, 1, time.monotonic_ns()) is None
+    finally:
+        worker.stop()
+    lines = [r for r in caplog.records if "shown without its own mask" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, len(lines)
+    assert all(worker.inference.room(sid).missed == 1 for sid in (0, 499))

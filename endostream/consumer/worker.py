@@ -17,6 +17,7 @@ import numpy as np
 
 from endostream.consumer.persistence import StreamFilters
 from endostream.consumer.rooms import RoomStats, Timeline, fairness
+from endostream.protocol.ratelog import RateLimitedLog
 from endostream.types import Frame, Prediction
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,9 @@ class InferenceWorker:
         self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
         self._inflight: set[int] = set()  # streams in the batch being segmented
         self._resets: set[int] = set()
+        # Stream ids come from peers: one limiter over all rooms, so a flood of ids (each
+        # missing its first deadline) cannot become one log line per id.
+        self._missed_log = RateLimitedLog(log)
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
@@ -371,8 +375,8 @@ class InferenceWorker:
                 room.mask_age_ms.append((now - result.t_capture_ns) / 1e6)
         if not met and (room.missed == 1 or room.missed % 100 == 0):
             # Counted, and said: the frame is shown with an older mask (or none).
-            log.warning("room %d: frame %d shown without its own mask (deadline missed; %d of %d frames so far)",
-                        stream_id, seq, room.missed, room.frames)
+            self._missed_log("missed_deadline", f"room {stream_id}: frame {seq} shown without its own mask "
+                             f"(deadline missed; {room.missed} of {room.frames} frames so far)")
         return result
 
     def in_completion_order(self, msgs: list[Any], deadline_ns: int) -> Iterator[Any]:
