@@ -74,8 +74,24 @@ def test_init_weights_may_change_only_the_input_size(tmp_path):
     assert init_from_weights(bigger, tmp_path / "w.pt")["minutes"] == 3.0
     for (k, a), b in zip(src.state_dict().items(), bigger.state_dict().values()):
         assert torch.equal(a, b), k
-    with pytest.raises(ValueError, match="only model.input_size may change"):
+    with pytest.raises(ValueError, match="only model.input_size and model.refine_inputs may change"):
         init_from_weights(PolypNet(NetConfig(input_size=64, neck_channels=32)), tmp_path / "w.pt")
+
+
+def test_adding_refinement_inputs_starts_from_the_same_function(tmp_path):
+    """A fourth-generation network continued with refine_inputs: the new convolution starts at
+    zero, so every output equals the source network's until training moves it."""
+    torch.manual_seed(0)
+    src = PolypNet(NetConfig(input_size=64)).eval()
+    save_weights(src, tmp_path / "w.pt")
+    dst = PolypNet(NetConfig(input_size=64, refine_inputs=True)).eval()
+    init_from_weights(dst, tmp_path / "w.pt")
+    img = torch.randn(2, 3, 64, 64)
+    mem, valid = src.empty_memory(2)
+    with torch.no_grad():
+        a, b = src.encode_frame(img, mem, valid), dst.encode_frame(img, mem, valid)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
 def test_plain_recipe_trains_the_decoder_pass_and_leaves_the_denoiser_alone():

@@ -53,10 +53,10 @@ def frames(n: int) -> list[np.ndarray]:
     return out
 
 
-def eval_dice(weights: str, backend: str, opts: dict[str, str], out: Path) -> float:
+def eval_dice(weights: str, backend: str, opts: dict[str, str], out: Path, steps: int = 0) -> float:
     """Validation mean Dice (the mean of the two sets' Dice at 0.5, as the model card) of one path."""
     cmd = [str(Path(sys.executable).with_name("endostream")), "eval", f"model.weights={weights}",
-           f"model.backend={backend}", "flicker=false", f"out={out}"]
+           f"model.backend={backend}", f"model.steps={steps}", "model.warm_start=false", "flicker=false", f"out={out}"]
     cmd += [f"+model.backend_options.{k}={v}" for k, v in opts.items()]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     r = json.loads(out.read_text())
@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--out", default="out/cpu_paths.json")
     ap.add_argument("--dice", action="store_true", help="also the validation Dice of each path (endostream eval)")
     ap.add_argument("--max-dice-drop", type=float, default=0.003)
+    ap.add_argument("--steps", type=int, nargs="+", default=[0], help="K values, each path at each K, interleaved")
     args = ap.parse_args()
     caps = probe()
     segs, skipped = {}, {}
@@ -88,7 +89,10 @@ def main() -> int:
         if name.endswith("bf16") and not caps.bf16:
             skipped[name] = f"no bf16 units on this CPU ({caps.model})"
             continue
-        segs[name] = load_segmenter(args.weights, backend=backend, steps=0, threads=args.threads, backend_options=opts)
+        for k in args.steps:
+            key = name if args.steps == [0] else f"{name}@K{k}"
+            segs[key] = load_segmenter(args.weights, backend=backend, steps=k, warm_start=False,
+                                       threads=args.threads, backend_options=opts)
     imgs = frames(50)
     size = next(iter(segs.values())).input_size
     inputs = [to_input(im, size, find_fov(im)) for im in imgs]
@@ -116,10 +120,11 @@ def main() -> int:
                         for n in segs}, "skipped": skipped}
     if args.dice:
         for n, r in result["paths"].items():
-            backend, opts = PATHS[n]
-            r["dice"] = eval_dice(args.weights, backend, opts, Path(args.out).with_suffix(f".eval-{n}.json"))
-        ref = result["paths"]["ort-fp32"]["dice"]
+            backend, opts = PATHS[n.split("@")[0]]
+            k = segs[n].steps
+            r["dice"] = eval_dice(args.weights, backend, opts, Path(args.out).with_suffix(f".eval-{n}.json"), k)
         for n, r in result["paths"].items():
+            ref = result["paths"][n.replace(n.split("@")[0], "ort-fp32")]["dice"]  # float32 at the same K
             r["dice_drop"] = round(ref - r["dice"], 5)
             r["kept"] = r["dice_drop"] <= args.max_dice_drop
     print(f"CPU: {caps.model}  flags: {' '.join(caps.as_dict()['flags'])}  auto: {result['auto_path']}  "

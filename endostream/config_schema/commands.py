@@ -311,6 +311,8 @@ class TrainConfigTrain(Schema):
                     "ground truth")
     second_step_p: float = Field(0.4,
         description="sampler: share of samples at the second step, fed the model's own first estimate")
+    trainable: Literal['all', 'denoiser'] = Field('all',
+        description="denoiser: fine-tune the diffusion step alone (the K=0 pass cannot move)")
     look_p: float = Field(1.0,
         description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
     ckpt_every_minutes: float = Field(2)

@@ -36,7 +36,8 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
                opt_d: torch.optim.Optimizer | None, batch: ClipBatch, sched: MaskScheduler, *,
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
                diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
-               timesteps: str = "uniform", second_step_p: float = 0.4) -> dict[str, float]:
+               timesteps: str = "uniform", second_step_p: float = 0.4,
+               denoiser_only: bool = False) -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
@@ -45,6 +46,9 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     ground truth at any timestep (the first four generations)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     model.train()
+    if denoiser_only:  # the K=0 pass stays exactly as it is: no gradient, no batch-norm statistics
+        for part in (model.encoder, model.neck, model.aux_head, model.heads):
+            part.eval()
     imgs = torch.from_numpy(batch.images)
     masks = torch.from_numpy(batch.masks)
     valid_past = torch.from_numpy(batch.valid)
@@ -192,6 +196,10 @@ def run(cfg) -> int:
     disc = FrameDiscriminator() if (net_cfg.temporal and tc.adversarial) else None
     # A pretrained encoder learns at a fraction of the rest's rate (it starts from useful features;
     # the neck, heads and denoiser start from random ones).
+    denoiser_only = str(tc.get("trainable", "all")) == "denoiser"
+    if denoiser_only:  # fine-tune the diffusion step alone; K=0's output cannot move
+        for name, q in model.named_parameters():
+            q.requires_grad_(name.startswith("denoiser."))
     enc_scale = float(tc.get("encoder_lr_scale", 1.0))
     enc_params = list(model.encoder.parameters())
     enc_ids = {id(q) for q in enc_params}
@@ -277,7 +285,7 @@ def run(cfg) -> int:
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
                             diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
                             timesteps=str(tc.get("timesteps", "uniform")),
-                            second_step_p=float(tc.get("second_step_p", 0.4)))
+                            second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only)
         dt = time.time() - ts
         elapsed += dt
         step += 1
