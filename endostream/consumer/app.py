@@ -66,6 +66,8 @@ from endostream.protocol.ratelog import RateLimitedLog
 from endostream.types import Frame
 
 log = logging.getLogger(__name__)
+# How long the live display waits for the next chunk of a backlog (see _newest_frames).
+BACKLOG_WAIT_MS = 20
 
 __all__ = ["Consumer", "ConsumerOptions", "Controls", "MaskResult", "ModalitySpec", "OverlayStage",
            "Records", "Shown", "SinkStage", "Telemetry", "build", "dice", "read_journal", "run"]
@@ -197,11 +199,14 @@ class Consumer:
     def _newest_frames(self) -> list[Any]:
         """The newest frame per stream. After a stall (SIGSTOP, a slow sink) the socket's
         io thread is still pulling a backlog out of the kernel's TCP buffers, a few messages
-        at a time (rcvhwm): keep draining while more arrives within 1 ms, so the backlog is
-        skipped instead of played back in slow motion. Costs 1 ms per displayed frame."""
+        at a time (rcvhwm): keep draining while more arrives, so the backlog is skipped, not
+        played back in slow motion. A drain that filled the queue means more is behind it and
+        a loaded CPU may take ms to run the io thread: wait up to BACKLOG_WAIT_MS, else 1 ms."""
+        hwm, before = max(1, self.rx.sock.rcvhwm), self.rx.stats.messages
         newest = {m.stream_id: m for m in self.rx.recv_newest(50)}
         for _ in range(1000) if newest else ():
-            more = self.rx.recv_newest(1)
+            full, before = self.rx.stats.messages - before >= hwm, self.rx.stats.messages
+            more = self.rx.recv_newest(BACKLOG_WAIT_MS if full else 1)
             if not more:
                 break
             for m in more:
