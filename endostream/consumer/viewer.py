@@ -299,6 +299,7 @@ class MjpegViewer:
         loop = self._loop
         assert loop is not None
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._loop_error)
         try:
             loop.run_until_complete(self._serve(ssl_ctx))
         except BaseException as exc:  # noqa: BLE001 - the port is taken, a bad certificate...
@@ -311,6 +312,13 @@ class MjpegViewer:
         finally:
             loop.run_until_complete(self._shutdown())
             loop.close()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """An error the loop caught (an accept out of file descriptors under a connection flood,
+        a client gone mid-write): one rate-limited line, never asyncio's default traceback."""
+        exc = context.get("exception")
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        self._limit_log("viewer-loop-error", f"viewer: {context.get('message', 'event loop error')}{detail}")
 
     async def _serve(self, ssl_ctx: ssl.SSLContext | None) -> None:
         self._frame_event, self._encode_lock = asyncio.Event(), asyncio.Lock()
