@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from endostream.runtime.cuda_memory import CudaMemory
 from endostream.runtime.graph_contract import GraphSpec
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def fixed_size_graph(spec: GraphSpec, root: Path) -> Path:
     return f
 
 
-class TrtSinglePass:
+class TrtSinglePass(CudaMemory):
     """A TensorRT engine of the graph (one profile over batch 1..max_batch; larger batches run in
     chunks), device buffers allocated once through cuda-python, as the shipped model's TensorRT
     backend holds them. Tested against the stand-in of TensorRT's and cuda-python's APIs
@@ -145,13 +146,6 @@ class TrtSinglePass:
         self._batch = 0
         self.name = f"tensorrt-{precision}"
 
-    def _check(self, result: Any, what: str) -> Any:
-        """cuda-python returns (error, *values): raise on an error, else the value(s)."""
-        err, *values = result
-        if err != self.cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"{what} failed: {err}")
-        return values[0] if len(values) == 1 else (tuple(values) or None)
-
     def _run(self, x: np.ndarray) -> np.ndarray:
         c, cudart = self.spec.contract, self.cudart
         b = int(x.shape[0])
@@ -168,27 +162,12 @@ class TrtSinglePass:
                                            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "cudaMemcpyAsync")
         if not self.context.execute_async_v3(int(self.stream)):
             raise RuntimeError("TensorRT execution failed")
-        out = np.empty((b, *oitem), odt)
-        self._check(cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes,
-                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "cudaMemcpyAsync")
-        self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return out.astype(np.float32, copy=False)
+        return self._to_host(optr, (b, *oitem), odt)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         outs = [self._run(x[i:i + self.max_batch]) for i in range(0, int(x.shape[0]), self.max_batch)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
-    def close(self) -> None:
-        """Free the device buffers (also at garbage collection)."""
-        for ptr in getattr(self, "_allocations", []):
-            self.cudart.cudaFree(ptr)
-        self._allocations = []
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free into
-            pass
 
 
 def create_single_pass(name: str, spec: GraphSpec, *, threads: int = 2, device: str = "cpu",

@@ -34,6 +34,7 @@ import numpy as np
 
 from endostream.fileutil import atomic_write_bytes
 from endostream.runtime.artifacts import ENCODE_OUTPUTS, cache_dir
+from endostream.runtime.cuda_memory import CudaMemory
 
 NOT_INSTALLED = ("TensorRT is not installed (python module 'tensorrt'): install TensorRT 10 or 11 from NVIDIA, "
                  "or use backend=onnxruntime or backend=torch")
@@ -159,7 +160,7 @@ class DeviceTensor:
         self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
 
 
-class TensorRTBackend:
+class TensorRTBackend(CudaMemory):
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, sidecar: dict[str, Any], *,
                  device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True, max_batch: int = 1,
                  opt_batch: int | None = None, engine_cache: str | Path | None = None) -> None:
@@ -202,13 +203,6 @@ class TensorRTBackend:
         self.buffers = self._allocate()
         self._shapes: dict[str, int] = {}
         self._graphs: dict[tuple[str, int], Any] = {}
-
-    def _check(self, result: Any, what: str) -> Any:
-        """cuda-python returns (error, *values): raise on an error, else the value(s)."""
-        err, *values = result
-        if err != self.cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"{what} failed: {err}")
-        return values[0] if len(values) == 1 else (tuple(values) or None)
 
     def _allocate(self) -> dict[str, dict[str, tuple[int, tuple[int, ...], np.dtype]]]:
         """Max-batch device buffers (pointer, per-item shape, dtype), allocated once; denoise's
@@ -322,21 +316,5 @@ class TensorRTBackend:
     def to_numpy(self, x: Any) -> np.ndarray:
         if not isinstance(x, DeviceTensor):
             return np.asarray(x)
-        host = np.empty(x.shape, x.dtype)
-        cudart = self.cudart
-        self._check(cudart.cudaMemcpyAsync(host.ctypes.data, x.ptr, host.nbytes,
-                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "cudaMemcpyAsync")
-        self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return host.astype(np.float32, copy=False)
+        return self._to_host(x.ptr, x.shape, x.dtype)
 
-    def close(self) -> None:
-        """Free the device buffers (also at garbage collection)."""
-        for ptr in getattr(self, "_allocations", []):
-            self.cudart.cudaFree(ptr)
-        self._allocations = []
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down the bindings
-            pass
