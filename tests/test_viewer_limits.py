@@ -179,3 +179,26 @@ def test_streams_over_the_limit_get_503_and_stalled_readers_are_dropped():
 def test_bad_connection_limit_is_one_line(bad):
     with pytest.raises(ValueError, match="max_connections must be >= 1"):
         MjpegViewer(port=0, max_connections=bad)
+
+
+def test_viewer_limits_and_hosts_are_config_keys():
+    """consume's ``sink.viewer.*`` keys reach the viewer: a room's DNS name is served, a foreign
+    one is not, and the connection limit is the configured one, not the module default."""
+    from endostream.cli import compose
+    from endostream.consumer.sinks import make_sinks
+
+    cfg = compose("consume", ["sink=[viewer]", "sink.viewer.port=0", "sink.viewer.max_connections=3",
+                              "sink.viewer.idle_timeout_s=2.5", "sink.viewer.write_timeout_s=4",
+                              "sink.viewer.allowed_hosts=[viewer.room.example]"])
+    (sink,) = make_sinks(cfg.sink)
+    viewer = sink.sink.viewer
+    try:
+        assert (viewer.max_connections, viewer.idle_timeout_s, viewer.write_timeout_s) == (3, 2.5, 4.0)
+        viewer.update(np.zeros((32, 32, 3), np.uint8))
+        code, body = _get(viewer.port, "/frame.jpg", host=f"viewer.room.example:{viewer.port}")
+        assert code == 200 and body[:2] == b"\xff\xd8"
+        assert _get(viewer.port, "/frame.jpg", host="attacker.example")[0] == 403
+    finally:
+        viewer.stop()
+    default = compose("consume", ["sink=[viewer]"]).sink.viewer
+    assert default.max_connections is None and list(default.allowed_hosts) == []

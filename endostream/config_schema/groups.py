@@ -128,6 +128,10 @@ class ViewerSink(Schema):
     keyfile: Optional[Text]
     jpeg_quality: Quality
     max_fps: Annotated[float, annotated_types.Gt(0)]
+    max_connections: Optional[Positive]
+    idle_timeout_s: Optional[Annotated[float, annotated_types.Gt(0)]]
+    write_timeout_s: Optional[Annotated[float, annotated_types.Gt(0)]]
+    allowed_hosts: list[Text]
 
 
 class MaskSinkConfig(Schema):

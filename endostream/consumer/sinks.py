@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -371,12 +371,18 @@ class ViewerSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, *, token: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None, jpeg_quality: int = 80,
-                 max_fps: float = 30.0) -> None:
+                 max_fps: float = 30.0, max_connections: int | None = None,
+                 idle_timeout_s: float | None = None, write_timeout_s: float | None = None,
+                 allowed_hosts: Iterable[str] | None = None) -> None:
         from endostream.consumer.viewer import MjpegViewer
 
+        # null in the config: the viewer's own default (defined once, in consumer/viewer.py)
+        limits = {k: v for k, v in (("max_connections", max_connections), ("idle_timeout_s", idle_timeout_s),
+                                    ("write_timeout_s", write_timeout_s)) if v is not None}
         try:
             self.viewer = MjpegViewer(host, port, token=token, certfile=certfile, keyfile=keyfile,
-                                      jpeg_quality=jpeg_quality, max_fps=max_fps)
+                                      jpeg_quality=jpeg_quality, max_fps=max_fps,
+                                      allowed_hosts=list(allowed_hosts or ()), **limits)
             self.viewer.start()
         except OSError as exc:
             raise SinkError(f"viewer sink: cannot serve on {host}:{port}: {_os_reason(exc)}") from None

@@ -143,12 +143,9 @@ class LiveReceiver(BaseReceiver):
                          heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms, retain_buffers=retain_buffers)
         self.sock.rcvhwm = rcvhwm
-        # No ZMQ_MAXMSGSIZE here: with it set (any value) libzmq 4.3.5 hands a backlog over in
-        # slower chunks, and after a stall the display replays stale frames in slow motion
-        # (tests/test_faults.py pause test: 1-2 stale frames without, 3-5 with). A part too
-        # large is still rejected after it arrived (frame_size / payload_len), and rcvhwm
-        # bounds how many are queued.
-        self.sock.maxmsgsize = -1
+        # ZMQ_MAXMSGSIZE comes from BaseReceiver (max_width x max_height x 3). It makes libzmq hand a
+        # backlog over in smaller chunks; the consumer drains on until the chunks stop
+        # (consumer.app._newest_frames), so a stall is not replayed in slow motion.
         self.sock.subscribe(b"")
         self.max_batch = max_batch
         self._events: deque[EndOfStream | SourceLost] = deque(maxlen=max_events)
