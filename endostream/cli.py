@@ -124,7 +124,28 @@ def config_problems(command: str, overrides: list[str], cfg) -> list[str]:
     problems = schema_problems(command, data, groups, comment)
     for key in missing:
         problems.append(f"missing value: {key}=..." + (f" ({comment(key)})" if comment(key) else ""))
+    if command == "bench":
+        problems += _variant_problems(cfg, groups, set(problems))
     return problems
+
+
+def _variant_problems(cfg, groups: list[str], known: set[str]) -> list[str]:
+    """``compare.variants``: each variant's merged config against the bench schema; only what
+    the variant itself gets wrong (the base config's problems are reported once, above)."""
+    from omegaconf import OmegaConf
+
+    from endostream.config_schema import problems as schema_problems
+    from endostream.config_schema.variants import variant_config
+
+    lines: list[str] = []
+    for name, overrides in (OmegaConf.select(cfg, "compare.variants") or {}).items():
+        try:
+            data = OmegaConf.to_container(variant_config(cfg, overrides), resolve=True, throw_on_missing=False)
+        except Exception as exc:  # noqa: BLE001 - a malformed override list
+            lines.append(f"compare.variants.{name}: {str(exc).splitlines()[0]}")
+            continue
+        lines += [f"compare.variants.{name}: {p}" for p in schema_problems("bench", data, groups) if p not in known]
+    return lines
 
 
 def explain_compose_error(command: str, overrides: list[str], exc: Exception) -> str:

@@ -155,6 +155,10 @@ def test_no_sinks(tmp_path):
     (["consume", "model.steps=two"], "model.steps=two: expected an integer of at least 0 or null (K denoising steps"),
     (["consume", "idle_timeout_s=soon"], "idle_timeout_s=soon: expected a number"),
     (["bench", "frames=many"], "frames=many: expected an integer"),
+    (["bench", "compare.variants={a:{model:{steps:two}}}"],
+     "compare.variants.a: model.steps=two: expected an integer of at least 0 or null"),
+    (["bench", "compare.variants={a:{model:{backend:onnxruntime}},b:{model:{stepz:1}}}"],
+     "compare.variants.b: unknown key 'model.stepz'"),
     (["consume", "--verbose"], "cannot read '--verbose': expected key=value"),
     (["consum"], "unknown command 'consum'; did you mean consume?"),
 ])

@@ -29,6 +29,7 @@ from endostream.bench.load import LoadSampler
 from endostream.bench.scenarios import SCENARIOS, STOP, RunResult
 from endostream.bench.source import describe
 from endostream.bench.stats import analyze
+from endostream.config_schema.variants import variant_config
 from endostream.interrupt import StopRequest
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,6 @@ def _mark_warmup(result: RunResult, run: int, warmup: int) -> None:
         for r in sorted(recs, key=lambda r: int(r["t_capture_ns"])):
             seen[r["stream_id"]] = seen.get(r["stream_id"], 0) + 1
             r["run"], r["warmup"] = run, seen[r["stream_id"]] <= limit(r["stream_id"])
-
-
-def _variant_cfg(cfg: Any, overrides: Any) -> Any:
-    """A variant is a mapping merged into the config ({model: {steps: 1}}, easy to write on a
-    command line) or a list of "key=value" strings (easy in a YAML file)."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_dict(overrides) or isinstance(overrides, dict):
-        patch = OmegaConf.create(OmegaConf.to_container(overrides) if OmegaConf.is_dict(overrides) else overrides)
-    else:
-        patch = OmegaConf.from_dotlist([str(o) for o in overrides or []])
-    c = OmegaConf.merge(cfg, patch)
-    OmegaConf.set_struct(c, False)
-    return c
 
 
 def _summarize_runs(runs: list[RunResult], live: bool, min_mask_fps: float | None = None) -> dict[str, Any]:
@@ -199,7 +186,7 @@ def _plan(cfg: Any) -> tuple[dict[str, Any], str, int]:
     variants = dict(cfg.compare.variants or {})
     if not variants:
         return {"run": cfg}, "run", 1
-    cfgs = {name: _variant_cfg(cfg, ov) for name, ov in variants.items()}
+    cfgs = {name: variant_config(cfg, ov) for name, ov in variants.items()}
     baseline = str(cfg.compare.baseline or next(iter(cfgs)))
     if baseline not in cfgs:
         raise ValueError(f"compare.baseline={baseline!r} is not one of the variants {list(cfgs)}")
