@@ -162,6 +162,39 @@ def test_bench_pipeline_sigint_writes_report_of_what_ran(tmp_path):
     assert not list(out.glob(".work-*"))  # the scratch folder is removed as on a full run
 
 
+def test_bench_soak_sigint_judges_and_writes_what_ran(tmp_path):
+    out, log = tmp_path / "soak", tmp_path / "soak.log"
+    proc = _start(["bench", "scenario=soak", "duration_s=600", "soak.sample_every_s=1", "warmup=5",
+                   f"out={out}", "progress=true", "model.backend=onnxruntime", "model.threads=1"], log)
+    _wait_for(lambda: any(f"| {n}/600" in log.read_text() for n in range(4, 60)), proc, 240, "soak samples")
+    out_text, took = _interrupt(proc, log)
+    lines = out_text.strip().splitlines()
+    print(f"soak stopped {took:.2f} s after SIGINT: {lines[-1]}")
+    assert proc.returncode == 130 and took < 20, out_text
+    assert lines[-1].startswith("bench soak: stopped by SIGINT after ") and str(out) in lines[-1]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by"] == "SIGINT" and report["elapsed_s"] < 300 and len(report["samples"]) >= 2
+    assert 0 < report["frames_sent"] < 600 * 25 and (out / "soak.png").is_file()
+    assert not list(out.glob(".work-*"))
+
+
+def test_bench_capacity_sigint_stops_the_search(tmp_path):
+    """Rooms by capacity: a Ctrl-C during the first room count ends the search there (no second
+    count started), says so, and capacity.json marks the result as stopped."""
+    out, log = tmp_path / "rooms", tmp_path / "rooms.log"
+    proc = _start(["bench", "scenario=multi", "frames=3000", "warmup=5", f"out={out}", "progress=true",
+                   "model.backend=onnxruntime", "model.threads=1"], log)
+    _wait_for(lambda: any(f"| {n}/" in log.read_text() for n in range(12, 40)), proc, 240,
+              "frames measured past warm-up")
+    out_text, took = _interrupt(proc, log)
+    print(f"capacity stopped {took:.2f} s after SIGINT: {out_text.strip().splitlines()}")
+    assert proc.returncode == 130 and took < 20, out_text
+    assert "rooms 1: stopped before it finished; not judged" in out_text and "rooms 2" not in out_text
+    result = json.loads((out / "capacity.json").read_text())
+    assert result["stopped"] is True and result["rooms_max"] == 0 and result["steps"] == []
+    assert not (out / "rooms-2").exists()
+
+
 @pytest.fixture(scope="module")
 def stills(tmp_path_factory) -> tuple[Path, Path]:
     """A folder of 400 frames and one of their masks: far more than the wait below covers."""

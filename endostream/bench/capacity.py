@@ -50,12 +50,16 @@ def run_capacity(cfg: Any, run_one: Callable[[Any], int]) -> int:
 
     out = Path(str(cfg.out))
     goals = {k: float(v) for k, v in OmegaConf.to_container(cfg.capacity, resolve=True).items() if k != "max_rooms"}
-    steps, best = [], 0
+    steps, best, stopped = [], 0, 0
     for n in range(1, int(cfg.capacity.max_rooms) + 1):
         c = OmegaConf.merge(cfg, {"producers": n, "out": str(out / f"rooms-{n}"), "compare": {"variants": None}})
         OmegaConf.set_struct(c, False)
         c.scenario = "multi" if n > 1 else "pipeline"
-        run_one(c)
+        rc = run_one(c)
+        if rc != 0:  # Ctrl-C / SIGTERM during this count: it is not judged, no more rooms are tried
+            stopped = rc
+            print(f"rooms {n}: stopped before it finished; not judged", flush=True)
+            break
         report = json.loads((out / f"rooms-{n}" / "report.json").read_text())
         verdict = room_goals(report, goals)
         steps.append({"rooms": n, "backend": report.get("backend"), **verdict})
@@ -67,9 +71,10 @@ def run_capacity(cfg: Any, run_one: Callable[[Any], int]) -> int:
             break
         best = n
     result = {"rooms_max": best, "goals": goals, "steps": steps, "machine": machine(),
-              "backend": steps[0]["backend"] if steps else None}
+              "backend": steps[0]["backend"] if steps else None,
+              **({"stopped": True} if stopped else {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"rooms meeting the goals on this machine ({result['machine'].get('cpu')}, {result['backend']}): "
-          f"{best} -> {out / 'capacity.json'}")
-    return 0
+    print(f"rooms meeting the goals on this machine ({result['machine'].get('cpu')}, {result['backend'] or 'no count finished'}): "
+          f"{best}{' or more (stopped)' if stopped and best else ''} -> {out / 'capacity.json'}")
+    return stopped

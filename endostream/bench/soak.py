@@ -34,7 +34,9 @@ from endostream.bench import report as bench_report
 from endostream.bench.caption import soak_caption
 from endostream.bench.load import LoadSampler
 from endostream.bench.report import _fmt as _f
+from endostream.bench.scenarios import STOP
 from endostream.bench.source import describe
+from endostream.interrupt import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +282,11 @@ def summary_md(rep: dict[str, Any]) -> str:
 
 
 def run(cfg: Any) -> int:
-    """Stream for ``cfg.duration_s``, sample, judge, write. Returns 0 (the verdict is data)."""
-    import psutil
+    """Stream for ``cfg.duration_s``, sample, judge, write. Returns 0 (the verdict is data), or
+    130 / 143 after a Ctrl-C / SIGTERM (what ran is still judged and written)."""
     from omegaconf import OmegaConf
-    from tqdm import tqdm
 
-    from endostream.bench.scenarios import (Producers, _consume_cfg, _producer_args,
-                                            _transport_block)
-    from endostream.consumer.app import build
+    from endostream.bench.scenarios import _transport_block
 
     sc = cfg.soak
     duration = float(cfg.duration_s)
@@ -317,6 +316,26 @@ def run(cfg: Any) -> int:
                                     f"p50 {s['e2e_p50_ms']} ms")
                 next_t += every
 
+    STOP.clear()
+    # Ctrl-C / SIGTERM: the producer ends its stream after the frame in hand, the consumer takes
+    # the end, and the samples so far are judged and written like a full run (stopped_by).
+    with StopRequest(lambda _name: STOP.set()) as interrupt:
+        summary, sent = _stream(cfg, tb, work, modality, duration, sampler, stop, sample_loop)
+    load.stop()
+    return _report(cfg, out, duration, every, warmup, sampler, summary, sent, src, load, t_wall,
+                   interrupt)
+
+
+def _stream(cfg: Any, tb: dict[str, Any], work: Path, modality: str, duration: float, sampler: Sampler,
+            stop: threading.Event, sample_loop: Any) -> tuple[dict[str, Any], int]:
+    """Run the consumer against one producer for ``duration`` s; (consumer summary, frames sent)."""
+    import psutil
+    from tqdm import tqdm
+
+    from endostream.bench.scenarios import Producers, _consume_cfg, _producer_args
+    from endostream.consumer.app import build
+
+    every = float(cfg.soak.sample_every_s)
     try:
         consumer, _, _ = build(_consume_cfg(cfg, tb, work, modality), on_record=sampler.on_record)
         args = _producer_args(cfg, tb, 10**9)
@@ -342,8 +361,16 @@ def run(cfg: Any) -> int:
     finally:
         if not cfg.keep_work:
             shutil.rmtree(work, ignore_errors=True)
+    return summary, sent
 
-    load.stop()
+
+def _report(cfg: Any, out: Path, duration: float, every: float, warmup: int, sampler: Sampler,
+            summary: dict[str, Any], sent: int, src: dict[str, Any], load: LoadSampler, t_wall: float,
+            interrupt: StopRequest) -> int:
+    """Judge the samples, write report.json, soak.csv, soak.png and summary.md; one line."""
+    from omegaconf import OmegaConf
+
+    sc = cfg.soak
     th_cfg = {k: float(sc[k]) for k in ("settle_s", "max_rss_growth_mb_per_h", "rss_noise_mb",
                                         "max_p50_drift_ms", "max_p50_drift_frac",
                                         "max_p99_drift_ms", "max_p99_drift_frac")}
@@ -363,6 +390,7 @@ def run(cfg: Any) -> int:
                                                  "frames_dropped", "errors", "exit_reason", "fps")},
         "machine": {**bench_report.machine(), "load_during_run": load.summary()},
         "elapsed_s": round(time.monotonic() - t_wall, 2),
+        **({"stopped_by": interrupt.requested} if interrupt.requested else {}),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "files": ["report.json", "soak.csv", "soak.png", "summary.md"]}
     write_csv(out / "soak.csv", samples)
@@ -375,4 +403,8 @@ def run(cfg: Any) -> int:
           f"{_f(mem['producer']['growth_mb_per_h'])} MiB/h; e2e p50 drift "
           f"{_f(v['latency']['e2e_p50']['drift_ms'])} ms; sent {sent} shown {rep['frames_shown']} "
           f"dropped {rep['frames_dropped']} -> {out / 'report.json'}")
+    if interrupt.requested:
+        print(f"bench soak: stopped by {interrupt.requested} after {rep['elapsed_s']:g} s; the samples so far "
+              f"are judged and written to {out}", flush=True)
+        return interrupt.exit_code
     return 0
