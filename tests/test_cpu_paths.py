@@ -57,12 +57,13 @@ def test_without_bf16_units_auto_and_bf16_fall_back_to_float32(monkeypatch: pyte
 
 
 @needs_openvino
-def test_auto_picks_bf16_where_the_cpu_has_the_units() -> None:
+def test_auto_picks_bf16_or_int8_where_the_cpu_has_the_units() -> None:
     from endostream.runtime.registry import create_backend
 
     if not probe().bf16:
         pytest.skip(f"this CPU ({probe().model}) has no bf16 units (avx512_bf16/amx_bf16)")
-    assert create_backend("auto", WEIGHTS, threads=1).name == "openvino-bf16"
+    # with int8 dot products as well, the shipped INT8 encode graph (kept by its check) goes first
+    assert create_backend("auto", WEIGHTS, threads=1).name == ("openvino-int8" if probe().int8 else "openvino-bf16")
 
 
 def test_openvino_refuses_a_bad_precision_and_device() -> None:
@@ -101,7 +102,7 @@ def _masks(backend: str, frames: list[np.ndarray], **options: object) -> tuple[s
     return seg.info["backend"], out
 
 
-REDUCED = {"openvino-bf16": ("openvino", {"precision": "bf16"})}
+REDUCED = {"openvino-bf16": ("openvino", {"precision": "bf16"}), "openvino-int8": ("openvino", {"precision": "int8"})}
 
 
 @needs_openvino
@@ -110,6 +111,8 @@ def test_reduced_precision_mask_agrees_with_float32(path: str, val_frames: list[
     backend, options = REDUCED[path]
     if "bf16" in path and not probe().bf16:
         pytest.skip(f"this CPU ({probe().model}) has no bf16 units (avx512_bf16/amx_bf16): {path} would run float32")
+    if "int8" in path and not probe().int8:
+        pytest.skip(f"this CPU ({probe().model}) has no int8 dot-product units (avx512_vnni/avx_vnni/amx_int8)")
     _, ref = _masks("onnxruntime", val_frames)
     name, got = _masks(backend, val_frames, **options)
     assert name == path
@@ -127,3 +130,72 @@ def test_openvino_float32_matches_onnxruntime(val_frames: list[np.ndarray]) -> N
     name, got = _masks("openvino", val_frames[:4], precision="fp32")
     assert name == "openvino-fp32"
     assert np.mean([np.mean(a == b) for a, b in zip(ref, got)]) > 0.9999
+
+
+def test_int8_units_come_from_the_vnni_and_amx_flags() -> None:
+    assert CpuCaps("cpu", frozenset({"avx512f", "avx512_vnni"})).int8
+    assert CpuCaps("cpu", frozenset({"avx_vnni"})).int8 and CpuCaps("cpu", frozenset({"amx_int8"})).int8
+    assert not CpuCaps("cpu", frozenset({"avx2", "fma", "avx512f", "avx512_bf16"})).int8
+
+
+def test_shipped_int8_graph_is_current_and_kept() -> None:
+    """The INT8 encode graph beside the shipped weights was exported from them (a retrained .pt
+    makes it stale: re-run `endostream export precision=int8`) and passed its validation check."""
+    from endostream.runtime.artifacts import check_artifacts
+    from endostream.runtime.quantize import MAX_DICE_DROP
+
+    side, reason = check_artifacts(WEIGHTS, precision="int8")
+    assert side is not None, reason
+    v = side["validation"]
+    assert v["kept"] and v["drop"] <= MAX_DICE_DROP and v["dice_int8"] > 0.85, v
+    assert side["onnx"]["denoise"]["file"] == "polyp.denoise.onnx"  # the float32 denoise graph
+
+
+def _weights_copy(tmp_path, edit_int8_sidecar=None):
+    """The shipped weights and graphs in a folder of their own; optionally edit the INT8 sidecar."""
+    import json
+    import shutil
+
+    for p in (REPO / "weights").glob("polyp.*"):
+        if not p.name.startswith("polyp.fp16"):
+            shutil.copy(p, tmp_path / p.name)
+    if edit_int8_sidecar is not None:
+        side_path = tmp_path / "polyp.int8.json"
+        side = json.loads(side_path.read_text())
+        edit_int8_sidecar(side)
+        side_path.write_text(json.dumps(side))
+    return tmp_path / "polyp.pt"
+
+
+@needs_openvino
+def test_int8_is_used_only_where_current_kept_and_the_cpu_has_the_units(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from endostream.runtime.registry import create_backend
+
+    weights = _weights_copy(tmp_path)
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_bf16 avx512_vnni")
+    assert create_backend("openvino", weights, threads=1).name == "openvino-int8"
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_bf16")  # bf16 units, no int8 dot products
+    assert create_backend("openvino", weights, threads=1).name == "openvino-bf16"
+    with caplog.at_level(logging.WARNING):  # asked by name: it runs, and says it will be slow
+        assert create_backend("openvino", weights, threads=1, precision="int8").name == "openvino-int8"
+    assert "without int8 dot-product units" in caplog.text
+
+
+@needs_openvino
+def test_int8_that_failed_its_check_or_is_stale_falls_back_in_one_line(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from endostream.runtime.registry import create_backend
+
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_bf16 avx512_vnni")
+    weights = _weights_copy(tmp_path, lambda side: side["validation"].update(kept=False, drop=0.01))
+    assert create_backend("openvino", weights, threads=1).name == "openvino-bf16"  # auto: quietly the next path
+    with caplog.at_level(logging.WARNING):
+        assert create_backend("openvino", weights, threads=1, precision="int8").name == "openvino-bf16"
+    assert caplog.text.count("int8 unusable") == 1 and "not kept" in caplog.text
+    caplog.clear()
+    (tmp_path / "stale").mkdir()
+    stale = _weights_copy(tmp_path / "stale", lambda side: side.update(sha256="0" * 64))
+    with caplog.at_level(logging.WARNING):  # new weights, old INT8 graph: said even under auto
+        assert create_backend("openvino", stale, threads=1).name == "openvino-bf16"
+    assert "int8 unusable" in caplog.text and "precision=int8" in caplog.text

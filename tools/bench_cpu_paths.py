@@ -3,7 +3,8 @@
     python tools/bench_cpu_paths.py [--weights weights/polyp.pt] [--threads 2] [--iters 200] [--out out/cpu_paths.json]
 
 Paths: ONNX Runtime float32 (the shipped session: spinning encode at K=0), OpenVINO float32,
-OpenVINO bf16 (where the CPU has bf16 units; elsewhere it is reported as skipped). For each:
+OpenVINO bf16 (where the CPU has bf16 units; elsewhere it is reported as skipped), OpenVINO INT8
+(the calibrated encode graph, ``endostream export precision=int8``, where the CPU has VNNI/AMX-INT8). For each:
 the encode graph alone at batch 1 on real preprocessed frames, and the whole K=0
 ``Segmenter.segment`` call (preprocess, encode, postprocess) on the same frames. Every
 iteration runs every path once, in an order rotated each iteration, so a background job slowing
@@ -36,7 +37,7 @@ from endostream.inference.segmenter import load_segmenter  # noqa: E402
 from endostream.runtime.cpu_caps import choose_cpu_path, has_openvino, probe  # noqa: E402
 
 PATHS = {"ort-fp32": ("onnxruntime", {}), "openvino-fp32": ("openvino", {"precision": "fp32"}),
-         "openvino-bf16": ("openvino", {"precision": "bf16"})}
+         "openvino-bf16": ("openvino", {"precision": "bf16"}), "openvino-int8": ("openvino", {"precision": "int8"})}
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -89,6 +90,15 @@ def main() -> int:
         if name.endswith("bf16") and not caps.bf16:
             skipped[name] = f"no bf16 units on this CPU ({caps.model})"
             continue
+        if name.endswith("int8"):
+            from endostream.runtime.registry import usable_int8
+
+            if not caps.int8:
+                skipped[name] = f"no int8 dot-product units on this CPU ({caps.model})"
+                continue
+            if usable_int8(args.weights, asked="int8") is None:
+                skipped[name] = f"no current, kept INT8 graph: endostream export weights={args.weights} precision=int8"
+                continue
         for k in args.steps:
             key = name if args.steps == [0] else f"{name}@K{k}"
             segs[key] = load_segmenter(args.weights, backend=backend, steps=k, warm_start=False,

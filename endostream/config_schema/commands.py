@@ -209,9 +209,14 @@ class ExportConfig(Schema):
     out: Optional[Text] = Field(None,
         description="folder for the graphs and sidecar; null = beside the weights")
     opset: int = Field(17)
-    precision: Literal['fp32', 'fp16'] = Field('fp32',
+    precision: Literal['fp32', 'fp16', 'int8'] = Field('fp32',
         description="fp32 | fp16: FP16 weights and arithmetic inside, float32 inputs/outputs "
-                    "(<stem>.fp16.*.onnx + <stem>.fp16.json); TensorRT 11 takes FP16 from these")
+                    "(<stem>.fp16.*.onnx + <stem>.fp16.json); TensorRT 11 takes FP16 from these | int8: "
+                    "the encode graph quantized (QDQ) on training frames and checked on the validation split "
+                    "(<stem>.int8.encode.onnx + <stem>.int8.json; needs the float32 export first)")
+    calibration_data: Text = Field('../shared/data',
+        description="precision=int8: the data folder (training frames calibrate, validation frames check)")
+    threads: int = Field(2, description="precision=int8: threads for calibration and the check")
     single_pass: bool = Field(False,
         description="true: the K=0 pass alone as one single-pass graph (<stem>.k0.onnx, image -> mask logits) "
                     "and its contract <stem>.k0.contract.yaml, for model=onnx (docs/RUNTIME.md)")

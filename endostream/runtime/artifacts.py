@@ -14,6 +14,10 @@ dynamic dimension ("batch").
 ``<stem>.fp16.encode.onnx``, ``<stem>.fp16.denoise.onnx`` and ``<stem>.fp16.json``: FP16 weights
 and arithmetic inside, casts at the edges, so the I/O stays float32 and every backend feeds both
 sets alike. TensorRT 11 takes its FP16 from this graph (strong typing; it has no FP16 flag).
+
+``precision=int8`` (``endostream export precision=int8``, ``runtime.quantize``) writes
+``<stem>.int8.encode.onnx`` (QDQ, calibrated on training frames) and ``<stem>.int8.json``, whose
+denoise entry is the float32 ``<stem>.denoise.onnx``; the sidecar records the validation check.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from endostream.fileutil import file_sha256
 
 SIDECAR_FORMAT = 1
 OPSET = 17
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 ENCODE_INPUTS = ("image", "memory", "valid")
 ENCODE_OUTPUTS = ("feat", "aux_logits", "presence_logit", "box", "memory_out")
 DENOISE_INPUTS = ("feat", "noisy_mask", "t")
@@ -51,7 +55,9 @@ def graph_paths(weights: str | Path, out_dir: str | Path | None = None, precisio
     w = Path(weights)
     d = Path(out_dir) if out_dir is not None else w.parent
     stem = w.stem if check_precision(precision) == "fp32" else f"{w.stem}.{precision}"
-    return {"encode": d / f"{stem}.encode.onnx", "denoise": d / f"{stem}.denoise.onnx",
+    # INT8 quantizes the encode graph only; its sidecar names the float32 denoise graph.
+    denoise = w.stem if precision == "int8" else stem
+    return {"encode": d / f"{stem}.encode.onnx", "denoise": d / f"{denoise}.denoise.onnx",
             "sidecar": d / f"{stem}.json"}
 
 

@@ -23,6 +23,8 @@ from functools import lru_cache
 FLAGS_ENV = "ENDOSTREAM_CPU_FLAGS"
 # cpuinfo flags that mean hardware bf16 arithmetic OpenVINO's CPU plugin uses.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# ... and int8 dot products (VNNI; AMX-INT8): what makes the INT8 encode graph pay off.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # Flags worth naming in a report (the rest of /proc/cpuinfo's list says nothing about speed here).
 REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
                   "amx_tile", "amx_bf16", "amx_int8")
@@ -39,12 +41,16 @@ class CpuCaps:
         return any(f in self.flags for f in BF16_FLAGS)
 
     @property
+    def int8(self) -> bool:
+        return any(f in self.flags for f in INT8_FLAGS)
+
+    @property
     def amx(self) -> bool:
         return "amx_tile" in self.flags
 
     def as_dict(self) -> dict[str, object]:
         return {"model": self.model, "flags": [f for f in REPORTED_FLAGS if f in self.flags],
-                "bf16_units": self.bf16, "amx": self.amx, "forced": self.forced}
+                "bf16_units": self.bf16, "int8_units": self.int8, "amx": self.amx, "forced": self.forced}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:

@@ -215,7 +215,7 @@ def export_single_pass(weights: str | Path, out_dir: str | Path | None = None, o
 
 
 def run(cfg: Any) -> int:
-    """`endostream export weights=weights/polyp.pt out=weights/ [precision=fp16] [single_pass=true]`."""
+    """`endostream export weights=weights/polyp.pt out=weights/ [precision=fp16|int8] [single_pass=true]`."""
     out = cfg.get("out") or None
     if cfg.get("single_pass"):
         contract = export_single_pass(cfg.weights, out, int(cfg.get("opset", OPSET)))
@@ -225,6 +225,16 @@ def run(cfg: Any) -> int:
         print(f"{paths['contract']}  (use: model=onnx model.graph.path={paths['graph']})")
         return 0
     precision = str(cfg.get("precision") or "fp32")
+    if precision == "int8":  # calibrated on training frames, checked on the validation split
+        from endostream.runtime.quantize import export_int8
+
+        side = export_int8(cfg.weights, str(cfg.calibration_data), out, int(cfg.get("threads", 2)))
+        v = side["validation"]
+        print(f"{graph_paths(cfg.weights, out, 'int8')['encode']}  sha256={side['onnx']['encode']['sha256'][:16]}  "
+              f"({side['calibration']['frames']} calibration frames)")
+        print(f"validation mean Dice at K=0: int8 {v['dice_int8']:.4f}, float32 {v['dice_fp32']:.4f} "
+              f"(drop {v['drop']:+.4f}, at most {v['max_drop']}): {'kept' if v['kept'] else 'NOT kept: auto will not use it'}")
+        return 0
     side = export_onnx(cfg.weights, out, int(cfg.get("opset", OPSET)), check_precision(precision))
     d = graph_paths(cfg.weights, out, precision)
     for part in ("encode", "denoise"):

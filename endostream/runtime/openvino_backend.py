@@ -5,7 +5,11 @@ Same graphs as ONNX Runtime (``polyp.encode.onnx``, ``polyp.denoise.onnx``): Ope
 ONNX file itself, and ``INFERENCE_PRECISION_HINT`` decides the arithmetic (weights and I/O stay
 float32; the plugin converts inside). ``precision``: ``auto`` (bf16 where ``cpu_caps`` finds the
 units and OpenVINO reports BF16, else f32), ``bf16`` (falls back to f32 with a warning where the
-units are absent, so a config written on one machine runs on another) or ``fp32``.
+units are absent, so a config written on one machine runs on another), ``fp32``, or ``int8``: the
+registry then hands over the calibrated QDQ encode graph (``runtime.quantize``), whose int8 layers
+OpenVINO runs with its int8 kernels (VNNI / AMX-INT8) and the rest as ``auto``. Under ``auto`` the
+registry picks the INT8 graph where it is current, kept by its validation check and the CPU has
+int8 dot-product units (``registry.usable_int8``).
 
 One compiled model per batch size 1..``max_batch``, each with a static shape, all compiled when
 the backend is built (about 0.5 s each): a static graph ran 15-20 % faster than one dynamic-batch
@@ -33,7 +37,7 @@ except ImportError:  # reported when the backend is asked for, not at start-up
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 _OV_TYPE = {"bf16": "bf16", "fp32": "f32"}
 
 
@@ -42,6 +46,8 @@ def resolve_precision(asked: str, caps: CpuCaps, ov_caps: list[str]) -> str:
     (``ov_caps``, its OPTIMIZATION_CAPABILITIES) both support it, else fp32. Pure."""
     if asked not in PRECISIONS:
         raise ValueError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    if asked == "int8":  # the graph is quantized (runtime.quantize); the rest runs as auto
+        return "int8"
     bf16_ok = caps.bf16 and "BF16" in ov_caps
     if asked == "fp32" or (asked == "auto" and not bf16_ok):
         return "fp32"
@@ -89,14 +95,17 @@ class OpenVinoBackend:
             raise RuntimeError("openvino is not installed: pip install openvino")
         core = ov.Core()
         self.caps = caps if caps is not None else probe()
-        self.precision = resolve_precision(str(precision), self.caps,
-                                           list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        ov_caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        self.precision = resolve_precision(str(precision), self.caps, ov_caps)
         # One stream of ``threads`` threads: latency, not throughput (the live worker calls one
         # frame batch at a time). ``pin`` binds those threads to cores, OpenVINO's default on Linux;
         # off here: a pinned thread cannot move off a core that the display or another process
         # holds (live pipeline on the loaded 2-core machine, encoder p50 20.2 ms pinned vs 14.2 ms
         # not, docs/RUNTIME.md).
-        props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision], "INFERENCE_NUM_THREADS": max(1, int(threads)),
+        # INT8: the quantized layers run int8; what stays float (the QDQ graph's other ops) runs bf16
+        # where the units are, else float32.
+        arith = self.precision if self.precision != "int8" else resolve_precision("auto", self.caps, ov_caps)
+        props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[arith], "INFERENCE_NUM_THREADS": max(1, int(threads)),
                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pin)}
         self._encode = _Graph(core, encode_path, props)
         self._denoise = _Graph(core, denoise_path, props)

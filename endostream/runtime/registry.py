@@ -46,6 +46,9 @@ def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[s
     side, _ = check_artifacts(weights, sha, cached, precision)
     if side is not None:
         return graph_paths(weights, cached, precision), side
+    if precision == "int8":  # calibration needs the training data: never done behind the user's back
+        raise RuntimeError(f"INT8 graph for {weights} is unusable ({reason}): run `endostream export "
+                           f"weights={weights} precision=int8` where the training data is")
     if not has_module("torch"):
         raise RuntimeError(f"ONNX graphs for {weights} are unusable ({reason}) and torch is not installed "
                            f"to export them: run `endostream export weights={weights} precision={precision}` "
@@ -55,6 +58,29 @@ def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[s
     out = weights.parent if os.access(weights.parent, os.W_OK) else cached
     side = export_onnx(weights, out, precision=precision)
     return graph_paths(weights, out, precision), side
+
+
+def usable_int8(weights: str | Path, asked: str = "auto") -> dict[str, Any] | None:
+    """The INT8 graphs of ``weights`` (paths and sidecar) where OpenVINO may run them: exported
+    from these weights, their validation check kept, and (for ``auto``) a processor with int8
+    dot-product units. Else None, with one line saying why when INT8 was asked for by name or the
+    graph is there but stale (``auto`` on a machine without the units stays quiet)."""
+    from endostream.runtime.cpu_caps import probe
+
+    caps = probe()
+    if asked == "auto" and not caps.int8:
+        return None
+    side, reason = check_artifacts(weights, precision="int8")
+    why = reason if side is None else ("" if (side.get("validation") or {}).get("kept") else
+                                       f"its validation check was not kept ({side.get('validation')})")
+    if why:
+        if asked == "int8" or "sha256 differs" in why or "does not match" in why:
+            log.warning("openvino int8 unusable: %s; running %s (endostream export weights=%s precision=int8)",
+                        why, "float32" if asked == "int8" else "the next path", weights)
+        return None
+    if asked == "int8" and not caps.int8:
+        log.warning("openvino int8 on a CPU without int8 dot-product units (%s): it runs, slowly", caps.model)
+    return {**graph_paths(weights, precision="int8"), "sidecar": side}
 
 
 def auto_choice(nvidia_gpu: bool, has_tensorrt: bool, has_torch: bool, ort_providers: list[str],
@@ -119,7 +145,7 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
                 name, device = auto_backend(tensorrt=False)
                 log.warning("auto: TensorRT unusable (%s); using %s on %s", str(exc).splitlines()[0], name, device)
         options = {k: v for k, v in options.items() if k in OPTIONS[name]}
-        if name == "openvino" and options.get("precision") not in (None, "fp32", "bf16"):
+        if name == "openvino" and options.get("precision") not in (None, "fp32", "bf16", "int8"):
             options.pop("precision")  # its own default (auto: bf16 where the CPU has the units)
         elif name not in ("torch", "openvino") and options.get("precision") not in (None, "fp32", "fp16"):
             options.pop("precision")  # e.g. torch's bf16: the graph backends have fp32/fp16 only
@@ -145,6 +171,12 @@ def create_backend(name: str, weights: str | Path, *, threads: int = 2, device: 
 
         if device != "cpu":
             raise ValueError(f"backend openvino runs on device=cpu only, got device={device!r}")
+        if str(options.get("precision", "auto")) in ("auto", "int8"):
+            int8 = usable_int8(weights, asked=str(options.get("precision", "auto")))
+            options["precision"] = "int8" if int8 else "auto"
+            if int8:
+                return OpenVinoBackend(int8["encode"], int8["denoise"], int8["sidecar"]["config"], threads=threads,
+                                       **options)
         paths, side = resolve_graphs(weights)  # the float32 graphs; OpenVINO picks the arithmetic
         return OpenVinoBackend(paths["encode"], paths["denoise"], side["config"], threads=threads, **options)
     if name == "tensorrt":
