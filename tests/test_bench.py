@@ -222,6 +222,29 @@ def test_model_branch_gets_its_own_smaller_warmup():
     assert a["mask_end_to_end"]["count"] > 0
 
 
+def test_room_rates_in_a_comparison_count_each_run_not_the_rounds_between():
+    """Two rounds of one variant, 10 s apart (another variant ran between): each room segments at
+    6.25 masks/s within its runs, and that is the rate, not the frames over the whole span."""
+    from endostream.bench.run import _summarize_runs
+    from endostream.bench.scenarios import RunResult
+
+    def rec(sid, seq, t0_ms, stamps):
+        t = t0_ms + seq * 40
+        return {"stream_id": sid, "seq": seq, "t_capture_ns": int(t * 1e6), "warmup": False,
+                "stamps_ns": {k: int((t + v) * 1e6) for k, v in stamps.items()},
+                "extra": {"mask_seq": (seq // 4) * 4}}
+
+    def run(t0_ms):
+        shown = [rec(s, i, t0_ms, {"grab": 0, "decode": 2, "overlay": 4, "sink": 6}) for s in (0, 1) for i in range(50)]
+        model = [rec(s, i, t0_ms, {"decode": 2, "infer_start": 3, "preprocess": 5, "encoder": 20, "postprocess": 30})
+                 for s in (0, 1) for i in range(0, 50, 4)]
+        return RunResult("multi", "live", "sink", shown, 100, len(model), 100, model_records=model)
+
+    a = _summarize_runs([run(0), run(10_000)], live=True)
+    rates = [a["streams"][s]["model_fps"] for s in ("0", "1")]
+    assert rates == [6.25, 6.25], rates
+
+
 # ----------------------------------------------------------------------------- mask path, report
 
 

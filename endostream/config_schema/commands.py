@@ -31,6 +31,9 @@ class ModelOverrides(Schema):
         None, description="diffusion | onnx (a single-pass graph: configs/model/onnx.yaml)")
     graph: Optional[dict[str, Any]] = Field(
         None, description="onnx: the graph and its contract, e.g. 'model.graph={path:my.onnx,layout:NHWC}'")
+    backend_options: Optional[dict[str, Any]] = Field(
+        None, description="options of the backend, e.g. 'model.backend_options={precision:bf16}' (openvino: "
+                          "auto|bf16|fp32|int8)")
 
 
 class BatchConfigRay(Schema):
