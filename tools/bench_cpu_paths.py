@@ -123,7 +123,12 @@ def main() -> int:
             if i >= args.warmup:
                 enc[n].append((t1 - t0) * 1e3)
                 seg[n].append((t2 - t1) * 1e3)
-    result = {"cpu": caps.as_dict(), "auto_path": "-".join(choose_cpu_path(caps, has_openvino())),
+    auto = choose_cpu_path(caps, has_openvino())
+    if auto[0] == "openvino":
+        from endostream.runtime.registry import usable_int8
+
+        auto = ("openvino", "int8") if usable_int8(args.weights) is not None else auto
+    result = {"cpu": caps.as_dict(), "auto_path": "-".join(auto),
               "threads": args.threads, "batch": 1, "iters": args.iters, "input_size": size,
               "weights": args.weights, "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
               "paths": {n: {"backend": segs[n].info["backend"], "encode": stats(enc[n]), "segment": stats(seg[n])}
