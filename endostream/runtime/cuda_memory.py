@@ -20,6 +20,17 @@ class CudaMemory:
             raise RuntimeError(f"{what} failed: {err}")
         return values[0] if len(values) == 1 else (tuple(values) or None)
 
+    def _select_gpu(self, device: str) -> tuple[int, Any, str]:
+        """Make ``cuda[:i]`` current; (index, its properties, its name). One line if none is seen."""
+        cudart = self.cudart
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess or count < 1:
+            raise RuntimeError("backend=tensorrt needs a CUDA GPU, and the CUDA runtime sees none")
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self._check(cudart.cudaSetDevice(index), "cudaSetDevice")
+        props = self._check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
+        return index, props, bytes(props.name).split(b"\0")[0].decode(errors="replace")
+
     def _to_host(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Copy a device buffer into a new host array and wait for it; float32 out."""
         host = np.empty(shape, dtype)

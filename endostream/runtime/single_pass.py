@@ -116,13 +116,7 @@ class TrtSinglePass(CudaMemory):
         cudart = import_cudart()
         self.trt, self.cudart, self.spec = trt, cudart, spec
         self._allocations: list[int] = []
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess or count < 1:
-            raise RuntimeError("backend=tensorrt needs a CUDA GPU, and the CUDA runtime sees none")
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self._check(cudart.cudaSetDevice(index), "cudaSetDevice")
-        props = self._check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
-        gpu = bytes(props.name).split(b"\0")[0].decode(errors="replace")
+        _, props, gpu = self._select_gpu(device)
         self.max_batch = 1 if spec.batch == 1 else int(max_batch)
         root = Path(engine_cache) if engine_cache else cache_dir() / "trt"
         graph = fixed_size_graph(spec, root / "graphs")

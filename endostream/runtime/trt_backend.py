@@ -171,13 +171,7 @@ class TensorRTBackend(CudaMemory):
                              f"got {sidecar.get('precision', 'fp32')} graphs")
         cudart = import_cudart()
         self.trt, self.cudart = trt, cudart
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess or count < 1:
-            raise RuntimeError("backend=tensorrt needs a CUDA GPU, and the CUDA runtime sees none")
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self._check(cudart.cudaSetDevice(index), "cudaSetDevice")
-        props = self._check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
-        gpu = bytes(props.name).split(b"\0")[0].decode(errors="replace")
+        _, props, gpu = self._select_gpu(device)
         cap = (int(props.major), int(props.minor))
 
         self.config = dict(sidecar["config"])
