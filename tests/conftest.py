@@ -153,3 +153,34 @@ def count_video_frames(path: Path) -> int:
 
     with av.open(str(path)) as c:
         return sum(1 for _ in c.decode(video=0))
+
+
+def run_with_producers(consumer, cfg, args: dict, counts: dict[int, int]) -> tuple[dict, dict[int, dict]]:
+    """Producer processes (``bench.scenarios._producer_main``, stream id -> frames) into a live
+    consumer built from ``cfg``; the consumer runs here. Returns its summary and each
+    producer's report (none may carry an error)."""
+    import multiprocessing as mp
+
+    from endostream.bench.scenarios import _producer_main
+
+    transport = {**dict(cfg.transport), "live": dict(cfg.transport.live), "lossless": dict(cfg.transport.lossless),
+                 "security": dict(cfg.transport.security)}
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    base = {"synthetic": {}, "pace": True, "transport": transport, "codec": "raw", "jpeg_quality": 90,
+            "connect_wait_s": 0.5, "drain_timeout_s": 10.0, **args}
+    prods = [ctx.Process(target=_producer_main, args=({**base, "stream_id": sid, "count": n}, results), daemon=True)
+             for sid, n in counts.items()]
+    try:
+        for p in prods:
+            p.start()
+        summary = consumer.run()
+    finally:
+        consumer.rx.close()
+        for p in prods:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+    reports = {r["stream_id"]: r for r in (results.get(timeout=10) for _ in prods)}
+    assert all("error" not in r for r in reports.values()), reports
+    return summary, reports

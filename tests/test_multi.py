@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import ENV, REPO, cli
+from conftest import ENV, REPO, cli, run_with_producers
 
 
 def test_multi_bench_reports_every_stream_and_the_batching(tmp_path) -> None:
@@ -40,9 +40,7 @@ def test_one_stream_ends_while_the_other_goes_on(tmp_path) -> None:
     """Two producer processes into one live consumer (batches of up to 2): stream 0 sends 15
     frames, stream 1 sends 75 (25 fps). After stream 0's end-of-stream the consumer keeps
     segmenting and showing stream 1, and ends when both have ended."""
-    import multiprocessing as mp
-
-    from endostream.bench.scenarios import _producer_main, free_endpoint as free_ep
+    from endostream.bench.scenarios import free_endpoint as free_ep
     from endostream.cli import compose
     from endostream.consumer.app import build
 
@@ -51,27 +49,9 @@ def test_one_stream_ends_while_the_other_goes_on(tmp_path) -> None:
                               "idle_timeout_s=30", "model.max_batch=2", "model.threads=1", "sink=[]"])
     rows: dict[str, list[dict]] = {"shown": [], "inference": []}
     consumer, _, _ = build(cfg, on_record=lambda kind, row: rows[kind].append(dict(row)))
-    transport = {**dict(cfg.transport), "live": dict(cfg.transport.live), "lossless": dict(cfg.transport.lossless),
-                 "security": dict(cfg.transport.security)}
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    args = {"source": {"uri": "synthetic"}, "synthetic": {"width": 320, "height": 240, "fps": 25.0},
-            "pace": True, "transport": transport, "codec": "raw", "jpeg_quality": 90,
-            "connect_wait_s": 0.5, "drain_timeout_s": 10.0}
-    prods = [ctx.Process(target=_producer_main, args=({**args, "stream_id": sid, "count": n}, results), daemon=True)
-             for sid, n in ((0, 15), (1, 75))]
-    try:
-        for p in prods:
-            p.start()
-        s = consumer.run()
-    finally:
-        consumer.rx.close()
-        for p in prods:
-            p.join(30)
-            if p.is_alive():
-                p.terminate()
-    reports = {r["stream_id"]: r for r in (results.get(timeout=10) for _ in prods)}
-    assert all("error" not in r for r in reports.values()), reports
+    s, _ = run_with_producers(consumer, cfg, {"source": {"uri": "synthetic"},
+                                              "synthetic": {"width": 320, "height": 240, "fps": 25.0}},
+                              {0: 15, 1: 75})
     assert s["exit_reason"] == "end of stream" and s["errors"] == 0, json.dumps(s)[:3000]
     assert s["streams"]["0"]["ended"] and s["streams"]["1"]["ended"]
     shown, inferred = rows["shown"], rows["inference"]

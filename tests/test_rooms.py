@@ -6,13 +6,12 @@ every room, each room's missed display deadlines are counted (in the summary, pe
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import time
 from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_with_producers
 
 CLIP = str(REPO / "assets" / "demo" / "clinicdb_demo.mp4")
 
@@ -20,7 +19,7 @@ CLIP = str(REPO / "assets" / "demo" / "clinicdb_demo.mp4")
 def run_rooms(tmp_path, rooms: int, frames: int, *overrides: str) -> tuple[dict[str, Any], Any]:
     """``rooms`` producer processes (the demo clip at its 25 fps) into one live consumer built
     here; returns its summary and the consumer."""
-    from endostream.bench.scenarios import _producer_main, free_endpoint
+    from endostream.bench.scenarios import free_endpoint
     from endostream.cli import compose
     from endostream.consumer.app import build
 
@@ -28,24 +27,7 @@ def run_rooms(tmp_path, rooms: int, frames: int, *overrides: str) -> tuple[dict[
                               f"out={tmp_path / 'out'}", f"min_streams={rooms}", "idle_timeout_s=30",
                               "model.threads=1", "sink=[]", *overrides])
     consumer, _, _ = build(cfg)
-    transport = {**dict(cfg.transport), "live": dict(cfg.transport.live), "lossless": dict(cfg.transport.lossless),
-                 "security": dict(cfg.transport.security)}
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    args = {"source": {"uri": CLIP}, "synthetic": {}, "pace": True, "transport": transport, "codec": "raw",
-            "jpeg_quality": 90, "connect_wait_s": 0.5, "drain_timeout_s": 10.0, "count": frames}
-    prods = [ctx.Process(target=_producer_main, args=({**args, "stream_id": sid}, results), daemon=True)
-             for sid in range(rooms)]
-    try:
-        for p in prods:
-            p.start()
-        summary = consumer.run()
-    finally:
-        consumer.rx.close()
-        for p in prods:
-            p.join(30)
-            if p.is_alive():
-                p.terminate()
+    summary, _ = run_with_producers(consumer, cfg, {"source": {"uri": CLIP}}, {sid: frames for sid in range(rooms)})
     assert summary["errors"] == 0 and summary["exit_reason"] == "end of stream", summary
     return summary, consumer
 
