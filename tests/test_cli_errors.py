@@ -103,7 +103,7 @@ BAD_VALUES = {
     "train": ("train.lr=fast", "a number"),
     "eval": ("sequence=maybe", "true or false"),
     "predict": ("model.steps=two", "an integer"),
-    "export": ("precision=int8", "one of fp32, fp16"),
+    "export": ("precision=int4", "one of fp32, fp16, int8"),
     "bench": ("scenario=pipelin", "one of transport, model, pipeline"),
     "batch": ("workers=two", "an integer"),
 }
