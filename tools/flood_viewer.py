@@ -6,8 +6,8 @@ Starts ``endostream consume sink=[viewer]`` (its descriptor limit lowered to ``-
 common default) and a live ``endostream produce`` of the demo clip in a loop, waits for LIVE,
 then opens ``--connections`` TCP connections to the viewer that never finish a request (half
 send a partial header). Prints the consumer's descriptors, how fast /status.json answers, MJPEG
-frames received and frames shown per second before and during the flood, and the tracebacks in
-the consumer's log.
+frames received and frames shown per second before and during the flood, the consumer's peak
+descriptors and resident memory during it, and the tracebacks in the consumer's log.
 """
 
 from __future__ import annotations
@@ -113,13 +113,14 @@ def main() -> int:
         time.sleep(3)
         before = _window(port, con.pid, a.seconds)
         print(f"before flood: {before}", flush=True)
-        peak = [0]
+        peak, rss = [0], [0.0]
         done = threading.Event()
 
-        def sample() -> None:  # the consumer's descriptors while the flood opens and holds
+        def sample() -> None:  # the consumer's descriptors and memory while the flood opens and holds
             ps = psutil.Process(con.pid)
             while not done.wait(0.2):
                 peak[0] = max(peak[0], ps.num_fds())
+                rss[0] = max(rss[0], ps.memory_info().rss / 2**20)
 
         threading.Thread(target=sample, daemon=True).start()
         t0 = time.monotonic()
@@ -139,7 +140,7 @@ def main() -> int:
         during = _window(port, con.pid, a.seconds)
         done.set()
         print(f"during flood ({a.connections} connections opened in {opened:.1f} s, consumer nofile {lim}): "
-              f"{during}, peak fds {peak[0]}", flush=True)
+              f"{during}, peak fds {peak[0]}, peak RSS {rss[0]:.0f} MB", flush=True)
     finally:
         for s in sockets:
             s.close()
