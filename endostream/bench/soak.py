@@ -284,9 +284,13 @@ def summary_md(rep: dict[str, Any]) -> str:
 def run(cfg: Any) -> int:
     """Stream for ``cfg.duration_s``, sample, judge, write. Returns 0 (the verdict is data), or
     130 / 143 after a Ctrl-C / SIGTERM (what ran is still judged and written)."""
+    import psutil
     from omegaconf import OmegaConf
+    from tqdm import tqdm
 
-    from endostream.bench.scenarios import _transport_block
+    from endostream.bench.scenarios import (Producers, _consume_cfg, _producer_args,
+                                            _transport_block)
+    from endostream.consumer.app import build
 
     sc = cfg.soak
     duration = float(cfg.duration_s)
@@ -320,57 +324,33 @@ def run(cfg: Any) -> int:
     # Ctrl-C / SIGTERM: the producer ends its stream after the frame in hand, the consumer takes
     # the end, and the samples so far are judged and written like a full run (stopped_by).
     with StopRequest(lambda _name: STOP.set()) as interrupt:
-        summary, sent = _stream(cfg, tb, work, modality, duration, sampler, stop, sample_loop)
+        try:
+            consumer, _, _ = build(_consume_cfg(cfg, tb, work, modality), on_record=sampler.on_record)
+            args = _producer_args(cfg, tb, 10**9)
+            args["duration_s"] = duration
+            prods = Producers(1, args)
+            with tqdm(total=int(duration), desc="bench soak", unit="s", file=sys.stderr,
+                      disable=not cfg.progress) as bar:
+                prods.start()
+                sampler.t0_ns = time.monotonic_ns()
+                sampler.producer = psutil.Process(prods.procs[0].pid)
+                th = threading.Thread(target=sample_loop, args=(bar,), daemon=True, name="soak-sampler")
+                th.start()
+                try:
+                    summary = consumer.run()
+                finally:
+                    stop.set()
+                    th.join(5)
+                    consumer.rx.close()
+            last = sampler.samples[-1]["t_s"] if sampler.samples else 0.0
+            if (time.monotonic_ns() - sampler.t0_ns) / 1e9 - last > 0.25 * every:
+                sampler.take(partial=True)  # the tail of the run (producer has exited: RSS None)
+            sent = sum(r["frames_sent"] for r in prods.join())
+        finally:
+            if not cfg.keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+
     load.stop()
-    return _report(cfg, out, duration, every, warmup, sampler, summary, sent, src, load, t_wall,
-                   interrupt)
-
-
-def _stream(cfg: Any, tb: dict[str, Any], work: Path, modality: str, duration: float, sampler: Sampler,
-            stop: threading.Event, sample_loop: Any) -> tuple[dict[str, Any], int]:
-    """Run the consumer against one producer for ``duration`` s; (consumer summary, frames sent)."""
-    import psutil
-    from tqdm import tqdm
-
-    from endostream.bench.scenarios import Producers, _consume_cfg, _producer_args
-    from endostream.consumer.app import build
-
-    every = float(cfg.soak.sample_every_s)
-    try:
-        consumer, _, _ = build(_consume_cfg(cfg, tb, work, modality), on_record=sampler.on_record)
-        args = _producer_args(cfg, tb, 10**9)
-        args["duration_s"] = duration
-        prods = Producers(1, args)
-        with tqdm(total=int(duration), desc="bench soak", unit="s", file=sys.stderr,
-                  disable=not cfg.progress) as bar:
-            prods.start()
-            sampler.t0_ns = time.monotonic_ns()
-            sampler.producer = psutil.Process(prods.procs[0].pid)
-            th = threading.Thread(target=sample_loop, args=(bar,), daemon=True, name="soak-sampler")
-            th.start()
-            try:
-                summary = consumer.run()
-            finally:
-                stop.set()
-                th.join(5)
-                consumer.rx.close()
-        last = sampler.samples[-1]["t_s"] if sampler.samples else 0.0
-        if (time.monotonic_ns() - sampler.t0_ns) / 1e9 - last > 0.25 * every:
-            sampler.take(partial=True)  # the tail of the run (producer has exited: RSS None)
-        sent = sum(r["frames_sent"] for r in prods.join())
-    finally:
-        if not cfg.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-    return summary, sent
-
-
-def _report(cfg: Any, out: Path, duration: float, every: float, warmup: int, sampler: Sampler,
-            summary: dict[str, Any], sent: int, src: dict[str, Any], load: LoadSampler, t_wall: float,
-            interrupt: StopRequest) -> int:
-    """Judge the samples, write report.json, soak.csv, soak.png and summary.md; one line."""
-    from omegaconf import OmegaConf
-
-    sc = cfg.soak
     th_cfg = {k: float(sc[k]) for k in ("settle_s", "max_rss_growth_mb_per_h", "rss_noise_mb",
                                         "max_p50_drift_ms", "max_p50_drift_frac",
                                         "max_p99_drift_ms", "max_p99_drift_frac")}

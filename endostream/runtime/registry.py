@@ -75,8 +75,8 @@ def usable_int8(weights: str | Path, asked: str = "auto") -> dict[str, Any] | No
                                        f"its validation check was not kept ({side.get('validation')})")
     if why:
         if asked == "int8" or "sha256 differs" in why or "does not match" in why:
-            log.warning("openvino int8 unusable: %s; running %s (endostream export weights=%s precision=int8)",
-                        why, "float32" if asked == "int8" else "the next path", weights)
+            log.warning("openvino int8 unusable: %s; running the auto precision instead (bf16 where the CPU has "
+                        "the units; endostream export weights=%s precision=int8)", why, weights)
         return None
     if asked == "int8" and not caps.int8:
         log.warning("openvino int8 on a CPU without int8 dot-product units (%s): it runs, slowly", caps.model)
