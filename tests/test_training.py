@@ -184,3 +184,23 @@ def test_step_budget_stops_validates_and_resumes_on_schedule(tmp_path):
     assert run(compose("train", common + ["train.budget_steps=5"])) == 0
     with open(out / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5]
+
+
+def test_a_checkpoint_over_the_false_alarm_limit_is_never_kept_as_best(tmp_path):
+    """Selection's second criterion: validation counts false alarms on a synthesised stream and a
+    checkpoint over train.max_false_alarms is not saved as best, whatever its Dice."""
+    import csv
+
+    from endostream.cli import compose
+    from endostream.training.train import run
+
+    data = _tiny_data_root(tmp_path / "data")
+    common = [f"data.root={data}", "data.cache_size=96", "model.input_size=64", "train.batch_size=2",
+              "train.pretrained_encoder=false", "train.val_every_steps=1", "train.warmup_steps=1",
+              "train.threads=1", "train.budget_steps=2", "train.alarm_stretches=2", "train.alarm_negative_frames=5"]
+    assert run(compose("train", common + [f"train.out={tmp_path / 'strict'}", "train.max_false_alarms=-1"])) == 0
+    assert not (tmp_path / "strict" / "best.pt").is_file() and (tmp_path / "strict" / "last.pt").is_file()
+    with open(tmp_path / "strict" / "log.csv") as f:
+        assert all(r["val_mean"] for r in csv.DictReader(f))  # validated, just never good enough
+    assert run(compose("train", common + [f"train.out={tmp_path / 'usual'}"])) == 0
+    assert (tmp_path / "usual" / "best.pt").is_file()

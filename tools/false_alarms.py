@@ -29,71 +29,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from endostream.consumer.persistence import PersistenceFilter  # noqa: E402
 from endostream.inference.segmenter import load_segmenter  # noqa: E402
-from endostream.training.augment import camera_motion, warp  # noqa: E402
-from endostream.training.clips import negative_crop  # noqa: E402
 from endostream.training.dataset import load_splits  # noqa: E402
+from endostream.training.false_alarms import FPS, build_stream, choose_stretches, gated, record_decisions, replay  # noqa: E402
 
-FPS = 25.0
 SETTINGS = [(1, 1, 1), (2, 3, 2), (3, 4, 3), (3, 5, 3), (4, 6, 3), (5, 8, 4), (6, 8, 4)]  # (n, m, hold); (1,1,1) = off
 # Gates applied to the raw decisions before the filter: the presence head's probability (the
 # model's model.presence_threshold) and the mask's smallest area, as a fraction of the frame.
 PRESENCE = [0.5, 0.7, 0.8, 0.9]
 MIN_AREA = [0.0, 0.002, 0.005]
-
-
-def build_stream(samples, rng: np.random.Generator, polyp_frames: int, negative_frames: int):
-    """Yields (image, gt_mask, is_polyp_stretch, stretch_index) frame by frame."""
-    for k, s in enumerate(samples):
-        neg = None
-        for _ in range(4):
-            donor = samples[int(rng.integers(len(samples)))]
-            neg = negative_crop(donor, rng)
-            if neg is not None:
-                break
-        if neg is not None:
-            for m in camera_motion(rng, negative_frames, neg.image.shape[0]):
-                img, _ = warp(neg.image, neg.mask, m)
-                yield img, None, False, k
-        for m in camera_motion(rng, polyp_frames, s.image.shape[0])[::-1]:
-            img, gt = warp(s.image, s.mask, m)
-            yield img, gt, True, k
-
-
-def gated(decisions: list[dict], presence: float, min_area: float) -> list[dict]:
-    """The decisions as they would be with a stricter presence threshold and a smallest mask area."""
-    out = []
-    for d in decisions:
-        keep = d["presence"] >= presence and d["area"] >= min_area
-        out.append({**d, "present": d["present"] and keep, "hit": d["hit"] and keep})
-    return out
-
-
-def replay(decisions: list[dict], n: int, m: int, hold: int) -> dict:
-    f = PersistenceFilter(n, m, hold)
-    alarms, neg_frames, neg_shown, shown_prev = 0, 0, 0, False
-    first: dict[int, int] = {}
-    start: dict[int, int] = {}
-    for i, d in enumerate(decisions):
-        shown = f.update(d["present"])
-        if d["polyp"]:
-            start.setdefault(d["stretch"], i)
-            if shown and d["hit"] and d["stretch"] not in first:
-                first[d["stretch"]] = i - start[d["stretch"]]
-        else:
-            neg_frames += 1
-            neg_shown += shown
-            alarms += shown and not shown_prev
-        shown_prev = shown
-    delays = [first.get(k) for k in start]
-    found = [x for x in delays if x is not None]
-    minutes = neg_frames / FPS / 60
-    return {"n": n, "m": m, "hold": hold, "false_alarms_per_min": alarms / minutes if minutes else 0.0,
-            "negative_frames_shown_pct": 100.0 * neg_shown / max(1, neg_frames),
-            "detected_pct": 100.0 * len(found) / max(1, len(delays)),
-            "first_mask_ms_median": float(np.median(found)) * 1000 / FPS if found else None,
-            "first_mask_ms_p90": float(np.percentile(found, 90)) * 1000 / FPS if found else None}
 
 
 def main() -> int:
@@ -110,17 +54,10 @@ def main() -> int:
     a = ap.parse_args()
     splits = load_splits(a.data, 320, val_only=True)
     rng = np.random.default_rng(a.seed)
-    with_polyp = [s for s in splits.val if s.mask.any()]
-    chosen = [with_polyp[i] for i in sorted(rng.permutation(len(with_polyp))[:a.stretches])]
+    chosen = choose_stretches(splits.val, a.stretches, rng)
     seg = load_segmenter(a.weights, backend="onnxruntime", steps=a.steps, warm_start=False, threads=a.threads)
-    decisions = []
     t0 = time.time()
-    for img, gt, polyp, k in build_stream(chosen, rng, a.polyp_frames, a.negative_frames):
-        pred = seg.segment(img)
-        present = bool(pred.mask.any())
-        hit = bool(gt is not None and present and (pred.mask & (gt > 0)).any())
-        decisions.append({"present": present, "polyp": polyp, "stretch": k, "hit": hit,
-                          "presence": float(pred.presence), "area": float(pred.mask.mean())})
+    decisions = record_decisions(seg, build_stream(chosen, rng, a.polyp_frames, a.negative_frames))
     rows = [replay(decisions, *s) for s in SETTINGS]
     gates = [{"presence_threshold": p, "min_area": a, **replay(gated(decisions, p, a), *s)}
              for p in PRESENCE for a in MIN_AREA for s in SETTINGS]

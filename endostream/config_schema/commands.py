@@ -323,6 +323,13 @@ class TrainConfigTrain(Schema):
         description="denoiser: fine-tune the diffusion step alone (the K=0 pass cannot move)")
     look_p: float = Field(1.0,
         description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
+    alarm_stretches: Count = Field(20,
+        description="validation also counts false alarms on this many synthesised polyp stretches with "
+                    "polyp-free stretches before them (training/false_alarms.py); 0 turns it off")
+    alarm_negative_frames: Count = Field(40, description="frames of each polyp-free stretch")
+    max_false_alarms: float = Field(1.0,
+        description="a checkpoint is kept as best only at or under this many false alarms per polyp-free "
+                    "minute (shipped persistence, K=0), so Dice cannot be bought with alarms unseen")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     seed: int = Field(0)

@@ -27,7 +27,7 @@ from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
 from endostream.training.losses import (FrameDiscriminator, box_l1, dice_bce, discriminator_loss,
                                         generator_adv_loss)
-from endostream.training.validate import load_eval_items, validate
+from endostream.training.validate import false_alarms, load_eval_items, validate
 
 DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv": 0.01}
 
@@ -210,8 +210,9 @@ def run(cfg) -> int:
     sched = MaskScheduler(net_cfg.num_train_steps, net_cfg.mask_scale)
     step, elapsed, best = 0, 0.0, -1.0
     last = out / "last.pt"
+    resumed = None
     if last.is_file() and tc.resume:
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = resumed = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"], strict=True)
         opt.load_state_dict(ck["opt"])
         if disc is not None and ck.get("disc"):
@@ -252,6 +253,17 @@ def run(cfg) -> int:
         past = int(tc.past_frames) if pick.random() < clip_p else 0
         return samplers[(size, past)].batch(int(tc.batch_size))
 
+    # Checkpoint selection's second criterion: false alarms no worse than max_false_alarms or, when
+    # continuing earlier weights, than those weights' own count on the same stream.
+    alarm_limit = float(tc.max_false_alarms)
+    if int(tc.alarm_stretches) > 0:
+        if resumed is not None:
+            alarm_limit = float(resumed.get("alarm_limit", alarm_limit))
+        elif tc.get("init_weights"):
+            a0 = false_alarms(model, splits.val, stretches=int(tc.alarm_stretches),
+                              negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads))
+            alarm_limit = max(alarm_limit, a0["false_alarms_per_min"])
+            print(f"initial weights: {a0}; checkpoints kept at <= {alarm_limit:.2f} false alarms/min")
     gen = torch.Generator().manual_seed(int(tc.seed) + step)
     budget = float(tc.budget_minutes) * 60
     # A step budget (ablations) makes the schedule and the validation points independent of how
@@ -299,9 +311,13 @@ def run(cfg) -> int:
             v = validate(model, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
             if int(tc.val_steps) != 0:  # the K=0 figure of the same weights, the ship rule's baseline
                 v["k0_mean_dice"] = validate(model, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
+            if int(tc.alarm_stretches) > 0:
+                v.update(false_alarms(model, splits.val, stretches=int(tc.alarm_stretches),
+                                      negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads)))
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
             bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
-            if v["mean_dice"] > best:
+            alarms_ok = v.get("false_alarms_per_min", 0.0) <= alarm_limit
+            if v["mean_dice"] > best and alarms_ok:
                 best = v["mean_dice"]
                 save_weights(model, out / "best.pt", meta={"trained": True, "step": step, "minutes": elapsed / 60,
                                                            "val": v, "recipe": "endostream train"})
@@ -316,7 +332,8 @@ def run(cfg) -> int:
             tmp = out / "last.pt.tmp"
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "disc": disc.state_dict() if disc else None, "opt_d": opt_d.state_dict() if opt_d else None,
-                        "step": step, "elapsed": elapsed, "best": best, "config": net_cfg.to_dict()}, tmp)
+                        "step": step, "elapsed": elapsed, "best": best, "alarm_limit": alarm_limit,
+                        "config": net_cfg.to_dict()}, tmp)
             os.replace(tmp, last)
     bar.close()
     prefetch.shutdown(wait=True)

@@ -12,6 +12,7 @@ from endostream.training.metrics import dice_binary as dice
 from endostream.runtime.torch_backend import TorchBackend
 from endostream.inference.segmenter import Segmenter
 from endostream.training.dataset import Sample, read_mask
+from endostream.training.false_alarms import build_stream, choose_stretches, record_decisions, shipped_false_alarms
 
 
 @dataclass
@@ -48,3 +49,18 @@ def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool =
     out = {f"{g}_dice": float(np.mean(v)) for g, v in scores.items()}
     out["mean_dice"] = float(np.mean(list(out.values())))
     return out
+
+
+def false_alarms(model, val: list[Sample], *, stretches: int, negative_frames: int, threads: int = 2,
+                 seed: int = 0) -> dict[str, float]:
+    """False alarms per polyp-free minute with the live persistence filter, K=0, temporal memory on,
+    on the same synthesised stream every time (seeded): checkpoint selection's second criterion."""
+    was_training = model.training
+    seg = Segmenter(TorchBackend(model, threads=threads), steps=0, warm_start=False, use_temporal=True,
+                    presence_threshold=0.0)  # the shipped presence gate (>= 0.9) is applied in the replay
+    rng = np.random.default_rng(seed)
+    decisions = record_decisions(seg, build_stream(choose_stretches(val, stretches, rng), rng, 25, negative_frames))
+    model.train(was_training)
+    r = shipped_false_alarms(decisions)
+    return {"false_alarms_per_min": r["false_alarms_per_min"], "negative_shown_pct": r["negative_frames_shown_pct"],
+            "polyps_found_pct": r["detected_pct"]}
