@@ -68,6 +68,23 @@ def test_sampler_aligned_training_inputs_are_the_samplers_own():
     assert t.tolist() == [999, 999, 999] and torch.equal(x_t, noise)
 
 
+def test_the_honest_control_starts_from_zeros_on_the_same_schedule():
+    """train.denoiser_input=zeros: the deterministic head of the control sees an all-zero start at
+    t=999 and, at t=499, the update of its own estimate from that zero start."""
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64, refine_inputs=True)).eval()
+    cond = torch.randn(2, net.cfg.denoiser_hidden, 16, 16)
+    x_t, t = _sampler_noisy_mask(net, cond, MaskScheduler(), 0.0, torch.Generator().manual_seed(7), zero_noise=True)
+    assert t.tolist() == [999, 999] and not x_t.any()
+    x_t, t = _sampler_noisy_mask(net, cond, MaskScheduler(), 1.0, torch.Generator().manual_seed(7), zero_noise=True)
+    steps = MaskScheduler()
+    first, _ = steps.set_timesteps(2)
+    zero = torch.zeros((2, 1, 16, 16))
+    with torch.no_grad():
+        expected, _ = steps.step(net.denoise(cond, zero, torch.full((2,), float(first))), first, zero)
+    assert t.tolist() == [499, 499] and torch.allclose(x_t, expected, atol=1e-6)
+
+
 def test_field_of_view_look_clears_the_mask_outside_it():
     img = np.full((64, 64, 3), 128, np.uint8)
     mask = np.ones((64, 64), np.float32)

@@ -321,6 +321,9 @@ class TrainConfigTrain(Schema):
         description="sampler: share of samples at the second step, fed the model's own first estimate")
     trainable: Literal['all', 'denoiser'] = Field('all',
         description="denoiser: fine-tune the diffusion step alone (the K=0 pass cannot move)")
+    denoiser_input: Literal['noise', 'zeros'] = Field('noise',
+        description="zeros: the honest control, a deterministic head of the same size trained the same "
+                    "way (timesteps=sampler; score it with tools/noise_control.py's zeros row)")
     look_p: float = Field(1.0,
         description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
     alarm_stretches: Count = Field(20,

@@ -37,7 +37,7 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
                diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
                timesteps: str = "uniform", second_step_p: float = 0.4,
-               denoiser_only: bool = False) -> dict[str, float]:
+               denoiser_only: bool = False, zero_noise: bool = False) -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
@@ -72,7 +72,7 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     with amp:
         out = model.encode_frame(cur, memory, valid)
     if diffusion and timesteps == "sampler":
-        x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen)
+        x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen, zero_noise=zero_noise)
         with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
     elif diffusion:
@@ -131,15 +131,19 @@ def _noisy_mask(masks: torch.Tensor, valid: torch.Tensor, sched: MaskScheduler, 
 
 
 def _sampler_noisy_mask(model: PolypNet, cond: torch.Tensor, sched: MaskScheduler, second_step_p: float,
-                        gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                        gen: torch.Generator | None, zero_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs the K=1 and K=2 samplers really give the denoiser (DDP's self-aligned training):
     pure noise at the first timestep (999) and, for a share ``second_step_p`` of samples, the
     second timestep's sample built by the same DDIM update from the model's OWN first estimate
-    (no gradient through it), not from noised ground truth. Returns (x_t, t)."""
+    (no gradient through it), not from noised ground truth. ``zero_noise``: the honest control, a
+    deterministic head of the same size trained the same way (its starting sample is all zeros).
+    Returns (x_t, t)."""
     b, _, h, w = cond.shape
     steps = MaskScheduler(sched.num_train_steps, sched.scale)
     first, second = steps.set_timesteps(2)
     noise = torch.randn((b, 1, h, w), generator=gen)
+    if zero_noise:
+        noise = torch.zeros_like(noise)  # drawn anyway, so both arms of the control see the same stream
     t = torch.full((b,), first, dtype=torch.long)
     use_second = torch.rand(b, generator=gen) < second_step_p
     if bool(use_second.any()):
@@ -297,7 +301,8 @@ def run(cfg) -> int:
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
                             diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
                             timesteps=str(tc.get("timesteps", "uniform")),
-                            second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only)
+                            second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only,
+                            zero_noise=str(tc.denoiser_input) == "zeros")
         dt = time.time() - ts
         elapsed += dt
         step += 1
