@@ -10,7 +10,6 @@ alarm is the onset of a shown detection on a polyp-free frame (a run of shown fr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -27,8 +26,9 @@ def shipped_persistence() -> dict:
     """The live consumer's persistence setting (configs/overlay/default.yaml), the one place it is defined."""
     from omegaconf import OmegaConf
 
-    path = Path(__file__).resolve().parents[2] / "configs" / "overlay" / "default.yaml"
-    p = OmegaConf.to_container(OmegaConf.load(path).persistence)
+    from endostream.cli import config_dir
+
+    p = OmegaConf.to_container(OmegaConf.load(config_dir() / "overlay" / "default.yaml").persistence)
     return {"n": int(p["n"]), "m": int(p["m"]), "hold": int(p["hold"]), "min_presence": float(p["min_presence"])}
 
 
