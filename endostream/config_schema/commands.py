@@ -324,6 +324,8 @@ class TrainConfigTrain(Schema):
     denoiser_input: Literal['noise', 'zeros'] = Field('noise',
         description="zeros: the honest control, a deterministic head of the same size trained the same "
                     "way (timesteps=sampler; score it with tools/noise_control.py's zeros row)")
+    mask_loss: Literal['dice_bce', 'structure'] = Field('dice_bce',
+        description="structure: boundary-weighted BCE + IoU (training/losses.py) on both mask outputs")
     look_p: float = Field(1.0,
         description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
     alarm_stretches: Count = Field(20,

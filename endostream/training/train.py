@@ -25,7 +25,7 @@ from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
-from endostream.training.losses import (FrameDiscriminator, box_l1, dice_bce, discriminator_loss,
+from endostream.training.losses import (MASK_LOSSES, FrameDiscriminator, box_l1, discriminator_loss,
                                         generator_adv_loss)
 from endostream.training.validate import false_alarms, load_eval_items, validate
 
@@ -37,14 +37,17 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
                diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
                timesteps: str = "uniform", second_step_p: float = 0.4,
-               denoiser_only: bool = False, zero_noise: bool = False) -> dict[str, float]:
+               denoiser_only: bool = False, zero_noise: bool = False,
+               mask_loss: str = "dice_bce") -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
     decoder pass, as in the issue's discriminative baseline recipe. ``timesteps="sampler"`` trains
     the denoiser only where the K<=2 sampler runs it (``_sampler_noisy_mask``); "uniform" noises the
-    ground truth at any timestep (the first four generations)."""
+    ground truth at any timestep (the first four generations). ``mask_loss`` names the loss of both
+    mask outputs (``MASK_LOSSES``)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    seg_loss = MASK_LOSSES[mask_loss]
     model.train()
     if denoiser_only:  # the K=0 pass stays exactly as it is: no gradient, no batch-norm statistics
         for part in (model.encoder, model.neck, model.aux_head, model.heads):
@@ -80,9 +83,9 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
     up = lambda z: F.interpolate(z.float(), size=(s, s), mode="bilinear", align_corners=False)  # noqa: E731
-    losses = {"aux": dice_bce(up(out["aux_logits"]), target)}
+    losses = {"aux": seg_loss(up(out["aux_logits"]), target)}
     if diffusion:
-        losses["mask"] = dice_bce(up(out["logits"]), target)
+        losses["mask"] = seg_loss(up(out["logits"]), target)
     presence = torch.from_numpy(batch.presence)
     if heads:
         losses["presence"] = F.binary_cross_entropy_with_logits(out["presence_logit"].float(), presence)
@@ -302,7 +305,7 @@ def run(cfg) -> int:
                             diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
                             timesteps=str(tc.get("timesteps", "uniform")),
                             second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only,
-                            zero_noise=str(tc.denoiser_input) == "zeros")
+                            zero_noise=str(tc.denoiser_input) == "zeros", mask_loss=str(tc.mask_loss))
         dt = time.time() - ts
         elapsed += dt
         step += 1
