@@ -34,6 +34,9 @@ class ModelOverrides(Schema):
     backend_options: Optional[dict[str, Any]] = Field(
         None, description="options of the backend, e.g. 'model.backend_options={precision:bf16}' (openvino: "
                           "auto|bf16|fp32|int8)")
+    process: Optional[bool] = Field(
+        None, description="live/lossless consumer: the model in its own process, frames and masks through "
+                          "shared memory (the display never holds the model's interpreter lock)")
 
 
 class BatchConfigRay(Schema):

@@ -182,6 +182,7 @@ class OnnxModel(Schema):
     max_batch: Positive
     backend_options: dict[str, Any]
     graph: OnnxGraph
+    process: bool
 
 
 class DiffusionModel(Schema):
@@ -203,6 +204,7 @@ class DiffusionModel(Schema):
     max_batch: Positive
     backend_options: dict[str, Any]
     tta: list[Literal["h", "v"]]
+    process: bool
 
 
 def model_schema(kind: Any) -> type[Schema]:

@@ -337,6 +337,7 @@ class Consumer:
             if self.stop_requested and not self.exit_reason:
                 self.exit_reason = "stopped by signal"
             self.cards.final()
+            self.router.close()  # a model in its own process stops with the run
             self.sinks.close()
             if self.acks is not None:
                 self.acks.commit()  # closed sinks hold every frame they accepted

@@ -126,6 +126,14 @@ class ModelRouter:
         with self._lock:
             return [dict(seg.info) for seg in self._models.values()]
 
+    def close(self) -> None:
+        """Stop the models that run in their own process (the in-process ones need nothing)."""
+        with self._lock:
+            models = list(self._models.values())
+        for seg in models:
+            if hasattr(seg, "close"):
+                seg.close()
+
 
 # ============================================================================ inference
 

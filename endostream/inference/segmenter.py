@@ -22,6 +22,21 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
+def check_images(images_bgr: Sequence[np.ndarray], stream_ids: Sequence[int]) -> None:
+    """The segmenter's input contract, checked before anything runs (one line on failure)."""
+    if len(images_bgr) != len(stream_ids) or not images_bgr:
+        raise ValueError(f"expected one stream id per image, got {len(images_bgr)} images and "
+                         f"{len(stream_ids)} stream ids")
+    if len(set(stream_ids)) != len(stream_ids):
+        raise ValueError(f"a batch holds at most one frame per stream (each frame updates the "
+                         f"stream's memory), got stream ids {list(stream_ids)}")
+    for image_bgr in images_bgr:
+        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3 \
+                or image_bgr.dtype != np.uint8:
+            shape = getattr(image_bgr, "shape", None)
+            raise ValueError(f"expected an HxWx3 uint8 image, got {shape} {getattr(image_bgr, 'dtype', type(image_bgr))}")
+
+
 class Segmenter:
     """Segments frames of one or more streams with a backend.
 
@@ -94,15 +109,7 @@ class Segmenter:
         kernels). B = 1 is exactly the one-frame path. Every image is checked before the model
         runs, so a bad one fails the call without touching any stream's memory.
         """
-        if len(images_bgr) != len(stream_ids) or not images_bgr:
-            raise ValueError(f"expected one stream id per image, got {len(images_bgr)} images and "
-                             f"{len(stream_ids)} stream ids")
-        if len(set(stream_ids)) != len(stream_ids):
-            raise ValueError(f"a batch holds at most one frame per stream (each frame updates the "
-                             f"stream's memory), got stream ids {list(stream_ids)}")
-        for image_bgr in images_bgr:
-            if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-                raise ValueError(f"expected an HxWx3 uint8 image, got {image_bgr.shape} {image_bgr.dtype}")
+        check_images(images_bgr, stream_ids)
         stamps: dict[str, int] = {}
         states = [self.state(sid) for sid in stream_ids]
         fovs, inputs = [], []
@@ -222,7 +229,7 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
                    mask_threshold: float = 0.5, use_temporal: bool = True, fov: bool = True,
                    uncertainty_samples: int = 0, max_batch: int = 1,
                    backend_options: dict[str, Any] | None = None, tta: Sequence[str] = (), kind: str = "diffusion",
-                   graph: dict[str, Any] | None = None) -> Any:
+                   graph: dict[str, Any] | None = None, process: bool = False) -> Any:
     """Build a Segmenter from shipped weights with the named backend (``auto`` picks the fastest
     available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU). ``backend_options``
     go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...); the
@@ -231,7 +238,17 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
 
     ``kind``: ``diffusion`` (the shipped model) or ``onnx``: a single-pass graph described by
     ``graph`` (configs/model/onnx.yaml), run by ``inference.single_pass`` behind the same
-    surface; the shipped model's keys are then ignored."""
+    surface; the shipped model's keys are then ignored. ``process``: the same model served by a
+    child process through shared memory (``inference.process_segmenter``), same surface."""
+    if process:
+        from endostream.inference.process_segmenter import ProcessSegmenter
+
+        return ProcessSegmenter(dict(weights=weights, backend=backend, steps=steps, warm_start=warm_start,
+                                     warm_start_t=warm_start_t, warm_steps=warm_steps, threads=threads,
+                                     device=device, presence_threshold=presence_threshold,
+                                     mask_threshold=mask_threshold, use_temporal=use_temporal, fov=fov,
+                                     uncertainty_samples=uncertainty_samples, max_batch=max_batch,
+                                     backend_options=backend_options, tta=tta, kind=kind, graph=graph))
     if kind == "onnx":
         from endostream.inference.single_pass import load_single_pass
 
