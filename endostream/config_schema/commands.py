@@ -331,9 +331,10 @@ class TrainConfigTrain(Schema):
         description="structure: boundary-weighted BCE + IoU (training/losses.py) on both mask outputs")
     look_p: float = Field(1.0,
         description="other-endoscope looks (training/endoscope_look.py); 0 turns them off")
-    alarm_stretches: Count = Field(20,
+    alarm_stretches: Count = Field(48,
         description="validation also counts false alarms on this many synthesised polyp stretches with "
-                    "polyp-free stretches before them (training/false_alarms.py); 0 turns it off")
+                    "polyp-free stretches before them (training/false_alarms.py; 48 x 40 frames = 1.28 "
+                    "polyp-free minutes, one alarm 0.78 a minute: 20 was too coarse to select on); 0 turns it off")
     alarm_negative_frames: Count = Field(40, description="frames of each polyp-free stretch")
     max_false_alarms: float = Field(1.0,
         description="a checkpoint is kept as best only at or under this many false alarms per polyp-free "
