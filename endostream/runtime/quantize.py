@@ -135,8 +135,13 @@ def export_int8(weights: str | Path, data_root: str | Path, out_dir: str | Path 
     ref = validation_dice(load_segmenter(str(weights), backend="onnxruntime", steps=0, warm_start=False,
                                          threads=threads), data_root)
     got = validation_dice(_int8_segmenter(dst, side, threads), data_root)
+    from endostream.runtime.cpu_caps import probe
+
+    # The check means most on a CPU with int8 dot-product units (where auto would run the graph):
+    # without them OpenVINO's INT8 kernels lose accuracy of their own, so the record names the CPU.
     side["validation"] = {"dice_fp32": ref, "dice_int8": got, "drop": round(ref - got, 5),
                           "max_drop": MAX_DICE_DROP, "kept": ref - got <= MAX_DICE_DROP,
-                          "measured_with": "openvino int8 vs onnxruntime float32, K=0, validation split"}
+                          "measured_with": "openvino int8 vs onnxruntime float32, K=0, validation split",
+                          "cpu": probe().as_dict()}
     atomic_write_json(dst["sidecar"], side)
     return side
