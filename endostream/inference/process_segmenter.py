@@ -11,12 +11,10 @@ and the call that found it dead fails with one line, costing only its own frames
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -25,24 +23,12 @@ import numpy as np
 from endostream.inference.segmenter import check_images
 from endostream.types import Prediction
 
-log = logging.getLogger(__name__)
-
 START_TIMEOUT_S = 300.0  # loading (and a first export of) the model, on a loaded 2-core machine
 CALL_TIMEOUT_S = 60.0  # one model call; past it the child is taken as hung and replaced
 
 
 class InferenceProcessError(RuntimeError):
     """The inference process died, hung or could not load its model."""
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where one frame's arrays lie in the output block: prob (float32), mask (bool) and, with
-    uncertainty on, the spread (float32), each HxW, back to back from ``offset``."""
-
-    offset: int
-    h: int
-    w: int
 
 
 def _out_bytes(h: int, w: int, uncertainty: bool) -> int:
@@ -149,21 +135,20 @@ class ProcessSegmenter:
         if self._proc is None:  # the last call found it dead: start over
             self.restarts += 1
             self._start()
-        total_in = sum(int(im.nbytes) for im in images_bgr)
-        inp = self._in.ensure(total_in)
-        frames, offset = [], 0
+        # (offset, h, w) of each frame in the input block and of its arrays in the output block
+        frames, slots, in_bytes, out_bytes = [], [], 0, 0
         for im in images_bgr:
-            np.ndarray(im.shape, np.uint8, inp.buf, offset)[...] = im
-            frames.append((offset, im.shape[0], im.shape[1]))
-            offset += int(im.nbytes)
-        slots, o = [], 0
-        for im in images_bgr:
-            slots.append(_Slot(o, im.shape[0], im.shape[1]))
-            o += _out_bytes(im.shape[0], im.shape[1], self._uncertainty)
-        out = self._out.ensure(o)
+            h, w = im.shape[:2]
+            frames.append((in_bytes, h, w))
+            slots.append((out_bytes, h, w))
+            in_bytes += int(im.nbytes)
+            out_bytes += _out_bytes(h, w, self._uncertainty)
+        inp = self._in.ensure(in_bytes)
+        for im, (offset, h, w) in zip(images_bgr, frames):
+            np.ndarray((h, w, 3), np.uint8, inp.buf, offset)[...] = im
+        out = self._out.ensure(out_bytes)
         try:
-            self._conn.send(("segment", inp.name, frames, [int(s) for s in stream_ids], out.name,
-                             [(s.offset, s.h, s.w) for s in slots]))
+            self._conn.send(("segment", inp.name, frames, [int(s) for s in stream_ids], out.name, slots))
             if not self._conn.poll(self.call_timeout_s):
                 raise self._dead(f"did not answer within {self.call_timeout_s:.0f} s and was stopped")
             msg = self._conn.recv()
@@ -173,12 +158,14 @@ class ProcessSegmenter:
             raise _remote_error(msg)
         return [self._prediction(out, slot, meta) for slot, meta in zip(slots, msg[1])]
 
-    def _prediction(self, out: SharedMemory, slot: _Slot, meta: dict[str, Any]) -> Prediction:
-        n = slot.h * slot.w
-        prob = np.ndarray((slot.h, slot.w), np.float32, out.buf, slot.offset).copy()
-        mask = np.ndarray((slot.h, slot.w), np.bool_, out.buf, slot.offset + 4 * n).copy()
-        unc = (np.ndarray((slot.h, slot.w), np.float32, out.buf, slot.offset + 5 * n).copy()
-               if meta["uncertainty"] else None)
+    def _prediction(self, out: SharedMemory, slot: tuple[int, int, int], meta: dict[str, Any]) -> Prediction:
+        """One frame's arrays, copied out of the block (the next call reuses it): prob (float32),
+        mask (bool) and, with uncertainty on, the spread (float32), back to back from the offset."""
+        off, h, w = slot
+        n = h * w
+        prob = np.ndarray((h, w), np.float32, out.buf, off).copy()
+        mask = np.ndarray((h, w), np.bool_, out.buf, off + 4 * n).copy()
+        unc = np.ndarray((h, w), np.float32, out.buf, off + 5 * n).copy() if meta["uncertainty"] else None
         box = tuple(meta["box"]) if meta["box"] is not None else None
         return Prediction(prob=prob, mask=mask, presence=meta["presence"], box=box, gated=meta["gated"],
                           stages_ns=meta["stages_ns"], uncertainty=unc)

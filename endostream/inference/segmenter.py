@@ -3,6 +3,7 @@ temporal memory, K denoising steps, heads, postprocess. No torch import here."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -243,12 +244,9 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
     if process:
         from endostream.inference.process_segmenter import ProcessSegmenter
 
-        return ProcessSegmenter(dict(weights=weights, backend=backend, steps=steps, warm_start=warm_start,
-                                     warm_start_t=warm_start_t, warm_steps=warm_steps, threads=threads,
-                                     device=device, presence_threshold=presence_threshold,
-                                     mask_threshold=mask_threshold, use_temporal=use_temporal, fov=fov,
-                                     uncertainty_samples=uncertainty_samples, max_batch=max_batch,
-                                     backend_options=backend_options, tta=tta, kind=kind, graph=graph))
+        # every argument but this one, so the child builds exactly this model (nothing to keep in step)
+        args = {k: v for k, v in locals().items() if k in inspect.signature(load_segmenter).parameters}
+        return ProcessSegmenter({**args, "process": False})
     if kind == "onnx":
         from endostream.inference.single_pass import load_single_pass
 
