@@ -204,3 +204,31 @@ def test_a_checkpoint_over_the_false_alarm_limit_is_never_kept_as_best(tmp_path)
         assert all(r["val_mean"] for r in csv.DictReader(f))  # validated, just never good enough
     assert run(compose("train", common + [f"train.out={tmp_path / 'usual'}"])) == 0
     assert (tmp_path / "usual" / "best.pt").is_file()
+
+
+def test_with_ema_the_moving_average_is_validated_kept_and_resumed(tmp_path):
+    """train.ema_decay: best.pt holds the averaged weights (not the raw ones the optimiser moves),
+    and the average travels in last.pt so a resumed run goes on averaging instead of restarting."""
+    import torch
+
+    from endostream.cli import compose
+    from endostream.training.train import run
+
+    data = _tiny_data_root(tmp_path / "data")
+    out = tmp_path / "run"
+    common = [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
+              "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=3",
+              "train.warmup_steps=1", "train.threads=1", "train.alarm_stretches=0", "train.ema_decay=0.5",
+              "train.lr=0.01"]
+    assert run(compose("train", common + ["train.budget_steps=3"])) == 0
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
+    averaged = {k.removeprefix("module."): v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert int(ck["ema"]["n_averaged"]) == 3
+    weights = [k for k, v in best.items() if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(best[k], averaged[k].float()) for k in weights)
+    assert any(not torch.allclose(best[k], ck["model"][k].float()) for k in weights)  # not the raw weights
+
+    assert run(compose("train", common + ["train.budget_steps=4"])) == 0
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert int(ck["ema"]["n_averaged"]) == 4

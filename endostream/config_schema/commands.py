@@ -339,6 +339,9 @@ class TrainConfigTrain(Schema):
     max_false_alarms: float = Field(1.0,
         description="a checkpoint is kept as best only at or under this many false alarms per polyp-free "
                     "minute (shipped persistence, K=0), so Dice cannot be bought with alarms unseen")
+    ema_decay: Optional[float] = Field(None,
+        description="validate and keep an exponential moving average of the weights (buffers too) with this "
+                    "per-step decay, e.g. 0.99 (a ~100-step horizon); null trains and keeps the raw weights")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     seed: int = Field(0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from endostream.fileutil import atomic_write_json, file_sha256
@@ -216,6 +217,10 @@ def run(cfg) -> int:
     opt_d = torch.optim.AdamW(disc.parameters(), lr=float(tc.lr) * 0.5, betas=(0.5, 0.999)) if disc else None
     sched = MaskScheduler(net_cfg.num_train_steps, net_cfg.mask_scale)
     step, elapsed, best = 0, 0.0, -1.0
+    # The moving average is what is validated, kept as best and exported: on a few hundred steps of
+    # fine-tuning it smooths the step-to-step noise that checkpoint selection would otherwise pick from.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(tc.ema_decay)), use_buffers=True)
+           if tc.get("ema_decay") else None)
     last = out / "last.pt"
     resumed = None
     if last.is_file() and tc.resume:
@@ -225,6 +230,10 @@ def run(cfg) -> int:
         if disc is not None and ck.get("disc"):
             disc.load_state_dict(ck["disc"])
             opt_d.load_state_dict(ck["opt_d"])
+        if ema is not None:
+            if ck.get("ema") is None:
+                raise ValueError(f"{last} was trained without train.ema_decay; resume it without, or start afresh")
+            ema.load_state_dict(ck["ema"])
         step, elapsed, best = ck["step"], ck["elapsed"], ck["best"]
         print(f"resumed from {last}: step {step}, {elapsed / 60:.1f} min done, best val Dice {best:.4f}")
     elif tc.get("init_weights"):
@@ -306,6 +315,8 @@ def run(cfg) -> int:
                             timesteps=str(tc.get("timesteps", "uniform")),
                             second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only,
                             zero_noise=str(tc.denoiser_input) == "zeros", mask_loss=str(tc.mask_loss))
+        if ema is not None:
+            ema.update_parameters(model)
         dt = time.time() - ts
         elapsed += dt
         step += 1
@@ -316,19 +327,21 @@ def run(cfg) -> int:
                else elapsed - last_val >= float(tc.val_every_minutes) * 60)
         if due or done:
             last_val = elapsed
-            v = validate(model, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
+            kept = ema.module if ema is not None else model
+            v = validate(kept, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
             if int(tc.val_steps) != 0:  # the K=0 figure of the same weights, the ship rule's baseline
-                v["k0_mean_dice"] = validate(model, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
+                v["k0_mean_dice"] = validate(kept, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
             if int(tc.alarm_stretches) > 0:
-                v.update(false_alarms(model, splits.val, stretches=int(tc.alarm_stretches),
+                v.update(false_alarms(kept, splits.val, stretches=int(tc.alarm_stretches),
                                       negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads)))
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
             bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
             alarms_ok = v.get("false_alarms_per_min", 0.0) <= alarm_limit
             if v["mean_dice"] > best and alarms_ok:
                 best = v["mean_dice"]
-                save_weights(model, out / "best.pt", meta={"trained": True, "step": step, "minutes": elapsed / 60,
-                                                           "val": v, "recipe": "endostream train"})
+                save_weights(kept, out / "best.pt", meta={"trained": True, "step": step, "minutes": elapsed / 60,
+                                                          "val": v, "recipe": "endostream train",
+                                                          "ema_decay": tc.get("ema_decay")})
         bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
         writer.writerow([step, f"{elapsed / 60:.2f}", f"{lr:.2e}"] + [
             f"{losses[k]:.4f}" if k in losses else "" for k in
@@ -340,6 +353,7 @@ def run(cfg) -> int:
             tmp = out / "last.pt.tmp"
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "disc": disc.state_dict() if disc else None, "opt_d": opt_d.state_dict() if opt_d else None,
+                        "ema": ema.state_dict() if ema is not None else None,
                         "step": step, "elapsed": elapsed, "best": best, "alarm_limit": alarm_limit,
                         "config": net_cfg.to_dict()}, tmp)
             os.replace(tmp, last)
