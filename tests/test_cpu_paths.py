@@ -27,8 +27,9 @@ def test_parse_cpuinfo_reads_the_first_processor() -> None:
 @pytest.mark.parametrize("flags, openvino, expected", [
     ({"avx2", "avx512f", "avx512_bf16"}, True, ("openvino", "bf16")),  # AMD Zen 4, Cooper Lake
     ({"avx2", "amx_tile", "amx_bf16"}, True, ("openvino", "bf16")),  # Sapphire Rapids and later
-    ({"avx2", "avx512f", "avx512_vnni"}, True, ("onnxruntime", "fp32")),  # AVX-512 without bf16
-    ({"avx2", "fma"}, True, ("onnxruntime", "fp32")),  # AVX2 only
+    ({"avx2", "avx512f", "avx512_vnni"}, True, ("openvino", "fp32")),  # AVX-512 without bf16
+    ({"avx2", "fma"}, True, ("openvino", "fp32")),  # AVX2 only
+    ({"avx2", "fma"}, False, ("onnxruntime", "fp32")),  # no OpenVINO installed
     ({"avx512_bf16"}, False, ("onnxruntime", "fp32")),  # the units, but no OpenVINO installed
 ])
 def test_choose_cpu_path(flags: set[str], openvino: bool, expected: tuple[str, str]) -> None:
@@ -48,7 +49,7 @@ def test_without_bf16_units_auto_and_bf16_fall_back_to_float32(monkeypatch: pyte
     from endostream.runtime.registry import create_backend
 
     monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f")
-    assert create_backend("auto", WEIGHTS, threads=1).name == "onnxruntime"
+    assert create_backend("auto", WEIGHTS, threads=1).name == "openvino-fp32"
     with caplog.at_level(logging.WARNING):
         be = create_backend("openvino", WEIGHTS, threads=1, precision="bf16")
     assert be.name == "openvino-fp32" and be.precision == "fp32"
