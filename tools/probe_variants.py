@@ -29,7 +29,8 @@ from endostream.model.io import load_weights  # noqa: E402
 from endostream.runtime.torch_backend import TorchBackend  # noqa: E402
 from endostream.training.metrics import dice_binary  # noqa: E402
 from endostream.training.train import training_splits  # noqa: E402
-from endostream.training.validate import EvalItem, load_eval_items, validate  # noqa: E402
+from endostream.training.evaluate import size_bin  # noqa: E402
+from endostream.training.validate import EvalItem, load_eval_items, stream_items, validate  # noqa: E402
 
 
 def both_k(model, items: list[EvalItem], threads: int) -> dict[str, dict[str, float]]:
@@ -64,14 +65,9 @@ def outside_box(mask: np.ndarray, box: tuple[int, int, int, int] | None, pad: fl
 def components(model, items: list[EvalItem], threads: int, pads: tuple[float, ...] = (0.0, 0.25, 0.5)) -> dict:
     seg = Segmenter(TorchBackend(model, threads=threads), steps=0, warm_start=False, presence_threshold=0.0)
     rows: list[dict] = []
-    last = None
-    for it in items:
-        if it.sequence < 0 or it.sequence != last:
-            seg.reset()
-        last = it.sequence
-        p = seg.segment(it.image)
+    for it, p in stream_items(seg, items):
         gt = it.gt > 0
-        row = {"group": it.group, "small": bool(gt.mean() < 0.02), "as shipped": dice_binary(p.mask, gt)}
+        row = {"group": it.group, "small": size_bin(gt) == "small", "as shipped": dice_binary(p.mask, gt)}
         row.update({f"outside box + {pad:.2f}": dice_binary(outside_box(p.mask, p.box, pad), gt) for pad in pads})
         rows.append(row)
     out = {}

@@ -3,12 +3,14 @@ with predictions compared at the ground truth's own size."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from endostream.training.metrics import dice_binary as dice
+from endostream.types import Prediction
 from endostream.runtime.torch_backend import TorchBackend
 from endostream.inference.segmenter import Segmenter
 from endostream.training.dataset import Sample, read_mask
@@ -31,6 +33,16 @@ def load_eval_items(samples: list[Sample]) -> list[EvalItem]:
     return items
 
 
+def stream_items(seg: Segmenter, items: list[EvalItem]) -> Iterator[tuple[EvalItem, Prediction]]:
+    """Each item's prediction: stills independent (memory reset), sequences streamed in order."""
+    last_seq = None
+    for it in items:
+        if it.sequence < 0 or it.sequence != last_seq:
+            seg.reset()
+        last_seq = it.sequence
+        yield it, seg.segment(it.image)
+
+
 def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool = True,
              use_temporal: bool = True, threads: int = 2) -> dict[str, float]:
     """Mean Dice per group (stills independent, sequences streamed in order) and their mean."""
@@ -38,12 +50,7 @@ def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool =
     seg = Segmenter(TorchBackend(model, threads=threads), steps=steps, warm_start=warm_start,
                     use_temporal=use_temporal, presence_threshold=0.0)
     scores: dict[str, list[float]] = {}
-    last_seq = None
-    for it in items:
-        if it.sequence < 0 or it.sequence != last_seq:
-            seg.reset()
-        last_seq = it.sequence
-        pred = seg.segment(it.image)
+    for it, pred in stream_items(seg, items):
         scores.setdefault(it.group, []).append(dice(pred.mask, it.gt > 0))
     model.train(was_training)
     out = {f"{g}_dice": float(np.mean(v)) for g, v in scores.items()}
