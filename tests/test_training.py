@@ -232,3 +232,32 @@ def test_with_ema_the_moving_average_is_validated_kept_and_resumed(tmp_path):
     assert run(compose("train", common + ["train.budget_steps=4"])) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert int(ck["ema"]["n_averaged"]) == 4
+
+
+def test_validation_streams_sequences_and_starts_each_still_and_sequence_afresh():
+    """stream_items: a still, and the first frame of a new sequence, see an empty memory (the same
+    prediction as on a fresh segmenter); a frame inside a sequence sees its predecessors."""
+    from endostream.inference.segmenter import Segmenter
+    from endostream.runtime.torch_backend import TorchBackend
+    from endostream.training.validate import EvalItem, stream_items
+
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64, encoder="cnn")).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    gt = np.zeros((64, 64), np.uint8)
+
+    def seg() -> Segmenter:
+        return Segmenter(TorchBackend(net, threads=1), steps=0, presence_threshold=0.0)
+
+    def alone(image: np.ndarray) -> np.ndarray:
+        return seg().segment(image).prob
+
+    items = [EvalItem(images[0], gt, "clinicdb", 1), EvalItem(images[1], gt, "clinicdb", 1),
+             EvalItem(images[2], gt, "kvasir", -1), EvalItem(images[0], gt, "kvasir", -1),
+             EvalItem(images[1], gt, "clinicdb", 2)]
+    probs = [pred.prob for _, pred in stream_items(seg(), items)]
+    assert not np.allclose(probs[1], alone(images[1]), atol=1e-6)  # inside a sequence: memory used
+    np.testing.assert_allclose(probs[2], alone(images[2]), atol=1e-6)  # a still: fresh memory
+    np.testing.assert_allclose(probs[3], alone(images[0]), atol=1e-6)  # the next still too
+    np.testing.assert_allclose(probs[4], alone(images[1]), atol=1e-6)  # a new sequence: fresh memory
