@@ -261,3 +261,63 @@ def test_validation_streams_sequences_and_starts_each_still_and_sequence_afresh(
     np.testing.assert_allclose(probs[2], alone(images[2]), atol=1e-6)  # a still: fresh memory
     np.testing.assert_allclose(probs[3], alone(images[0]), atol=1e-6)  # the next still too
     np.testing.assert_allclose(probs[4], alone(images[1]), atol=1e-6)  # a new sequence: fresh memory
+
+
+def test_hard_mining_draws_the_badly_fitted_images_more_often():
+    """The mined share follows each image's running error; the rest stays uniform; negatives and
+    unseen images are handled as documented (unseen = hardest, negatives carry no score)."""
+    from endostream.training.hard_examples import HardnessTable
+
+    table = HardnessTable(4, share=0.5)
+    table.update(np.array([0, 1, 2, -1]), np.array([0.0, 0.0, 0.0, 0.9]))
+    # image 3 is unseen (scores 1.0), the others fit perfectly: the mined half picks it almost always
+    rng = np.random.default_rng(0)
+    picks = np.bincount([table.pick(rng) for _ in range(4000)], minlength=4) / 4000
+    assert 0.58 < picks[3] < 0.68  # 0.5 x (1.02 / 1.08) + 0.5 x 0.25 = 0.597
+    table.update(np.array([3, 3]), np.array([0.2, 0.0]))  # the running score halves toward the new error
+    assert table.score[3] == pytest.approx(0.1)
+    uniform = HardnessTable(4, share=0.0)
+    uniform.update(np.array([0, 1, 2]), np.zeros(3))
+    picks = np.bincount([uniform.pick(rng) for _ in range(4000)], minlength=4) / 4000
+    assert np.all(np.abs(picks - 0.25) < 0.03)
+
+    six = HardnessTable(6, share=0.5)
+    six.update(np.arange(6), np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+    b = ClipSampler(_samples(), [], size=64, past=0, negative_p=0.0, seed=3, hardness=six).batch(32)
+    assert 10 <= (b.indices == 5).sum() <= 26  # about 0.5 x 0.91 + 0.5 / 6 = 0.54 of the batch
+
+
+def test_hard_mining_scores_what_the_step_got_wrong_and_resumes_its_table(tmp_path):
+    """train_step feeds each sample's K=0 error back (an image the network cannot fit scores high);
+    the table travels in last.pt and a resumed run continues it."""
+    from endostream.cli import compose
+    from endostream.training.hard_examples import HardnessTable
+    from endostream.training.train import run
+
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64))
+    batch = ClipSampler(_samples(), [], size=64, past=0, negative_p=0.0, seed=2).batch(4)
+    batch.indices = np.array([0, 1, 2, 3])
+    batch.masks[1, -1] = 0.0  # image 1's target is empty: nothing to fit, a soft Dice error of ~1
+    batch.presence[1] = 0.0
+    table = HardnessTable(6, share=0.5)
+    train_step(net, None, torch.optim.SGD(net.parameters(), lr=0.0), None, batch, MaskScheduler(),
+               bf16=False, hardness=table)
+    assert table.seen[:4].all() and not table.seen[4:].any()
+    assert table.score[1] > 0.9 and table.score[1] > max(table.score[0], table.score[2], table.score[3])
+
+    data = _tiny_data_root(tmp_path / "data")
+    out = tmp_path / "run"
+    common = [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
+              "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=3",
+              "train.warmup_steps=1", "train.threads=1", "train.alarm_stretches=0", "train.hard_mining=0.5",
+              "train.negative_p=0"]
+    assert run(compose("train", common + ["train.budget_steps=2"])) == 0
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert 1 <= ck["hardness"]["seen"].sum() <= 4
+    ck["hardness"]["seen"][:] = True  # mark every image with a score no step can produce exactly
+    ck["hardness"]["score"][:] = 0.123456
+    torch.save(ck, out / "last.pt")
+    assert run(compose("train", common + ["train.budget_steps=3"])) == 0  # two more picks at most
+    second = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["hardness"]
+    assert second["seen"].all() and (second["score"] == 0.123456).sum() >= len(second["score"]) - 2

@@ -342,6 +342,9 @@ class TrainConfigTrain(Schema):
     ema_decay: Optional[float] = Field(None,
         description="validate and keep an exponential moving average of the weights (buffers too) with this "
                     "per-step decay, e.g. 0.99 (a ~100-step horizon); null trains and keeps the raw weights")
+    hard_mining: float = Field(0.0,
+        description="share of training picks drawn by each image's running K=0 error (1 - Dice) instead of "
+                    "uniformly: online hard-example mining (endostream/training/hard_examples.py); 0 = off")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     seed: int = Field(0)

@@ -15,6 +15,7 @@ import numpy as np
 from endostream.training.augment import build_augment, camera_motion, warp
 from endostream.training.dataset import Sample
 from endostream.training.endoscope_look import apply_look, draw_look
+from endostream.training.hard_examples import HardnessTable
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ClipBatch:
     valid: np.ndarray  # (B, T) float32: which past slots hold a frame
     presence: np.ndarray  # (B,) float32
     box: np.ndarray  # (B, 4) float32 normalised (cx, cy, w, h) of the current mask
+    indices: np.ndarray | None = None  # (B,) int: the training image of each clip, -1 for a negative
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
@@ -52,8 +54,10 @@ def negative_crop(sample: Sample, rng: np.random.Generator) -> Sample | None:
 
 class ClipSampler:
     def __init__(self, train: list[Sample], negatives: list[Sample], *, size: int, past: int,
-                 negative_p: float = 0.12, seed: int = 0, look_p: float = 0.0) -> None:
+                 negative_p: float = 0.12, seed: int = 0, look_p: float = 0.0,
+                 hardness: HardnessTable | None = None) -> None:
         self.train, self.negatives = train, negatives
+        self.hardness = hardness  # shared by every sampler of a run; None draws uniformly
         self.look_p = look_p  # scales the other-endoscope looks (endoscope_look.py); 0 = none
         self.size, self.past, self.negative_p = size, past, negative_p
         self.rng = np.random.default_rng(seed)
@@ -92,8 +96,11 @@ class ClipSampler:
         valid = np.zeros((batch_size, T), np.float32)
         presence = np.zeros(batch_size, np.float32)
         box = np.zeros((batch_size, 4), np.float32)
+        indices = np.full(batch_size, -1, np.int64)
         for b in range(batch_size):
-            frames, negative = self._frames(int(self.rng.integers(len(self.train))))
+            idx = self.hardness.pick(self.rng) if self.hardness is not None else int(self.rng.integers(len(self.train)))
+            frames, negative = self._frames(idx)
+            indices[b] = -1 if negative else idx
             kw = {"image": frames[-1][0], "mask": frames[-1][1]}
             for j in range(T):
                 kw[f"image{j + 1}"], kw[f"mask{j + 1}"] = frames[j]
@@ -112,7 +119,7 @@ class ClipSampler:
             cur = seq[-1][1]
             presence[b] = float(not negative and cur.any())
             box[b] = mask_box(cur) if presence[b] else 0.0
-        return ClipBatch(images, masks, valid, presence, box)
+        return ClipBatch(images, masks, valid, presence, box, indices)
 
 
 def _valid_probs(t: int) -> np.ndarray:

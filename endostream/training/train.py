@@ -26,6 +26,7 @@ from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
+from endostream.training.hard_examples import HardnessTable, sample_hardness
 from endostream.training.losses import (MASK_LOSSES, FrameDiscriminator, box_l1, discriminator_loss,
                                         generator_adv_loss)
 from endostream.training.validate import false_alarms, load_eval_items, validate
@@ -39,14 +40,14 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
                diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
                timesteps: str = "uniform", second_step_p: float = 0.4,
                denoiser_only: bool = False, zero_noise: bool = False,
-               mask_loss: str = "dice_bce") -> dict[str, float]:
+               mask_loss: str = "dice_bce", hardness: HardnessTable | None = None) -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
     decoder pass, as in the issue's discriminative baseline recipe. ``timesteps="sampler"`` trains
     the denoiser only where the K<=2 sampler runs it (``_sampler_noisy_mask``); "uniform" noises the
     ground truth at any timestep (the first four generations). ``mask_loss`` names the loss of both
-    mask outputs (``MASK_LOSSES``)."""
+    mask outputs (``MASK_LOSSES``). ``hardness`` receives each sample's K=0 error (hard-example mining)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     seg_loss = MASK_LOSSES[mask_loss]
     model.train()
@@ -84,7 +85,10 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
     up = lambda z: F.interpolate(z.float(), size=(s, s), mode="bilinear", align_corners=False)  # noqa: E731
-    losses = {"aux": seg_loss(up(out["aux_logits"]), target)}
+    aux_full = up(out["aux_logits"])
+    losses = {"aux": seg_loss(aux_full, target)}
+    if hardness is not None and batch.indices is not None:
+        hardness.update(batch.indices, sample_hardness(aux_full, target))
     if diffusion:
         losses["mask"] = seg_loss(up(out["logits"]), target)
     presence = torch.from_numpy(batch.presence)
@@ -249,6 +253,12 @@ def run(cfg) -> int:
 
     t0 = time.time()
     splits = training_splits(cfg)
+    # Hard-example mining: one table shared by every sampler, carried in last.pt for resume.
+    hardness = HardnessTable(len(splits.train), float(tc.hard_mining)) if float(tc.hard_mining) > 0 else None
+    if hardness is not None and resumed is not None:
+        if resumed.get("hardness") is None:
+            raise ValueError(f"{last} was trained without train.hard_mining; resume it without, or start afresh")
+        hardness.load_state_dict(resumed["hardness"])
     val_items = load_eval_items(splits.val)
     print(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.negatives)} negatives "
           f"({time.time() - t0:.0f} s)")
@@ -259,7 +269,7 @@ def run(cfg) -> int:
     sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
     samplers = {(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
                                           negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size,
-                                          look_p=float(tc.get("look_p", 0.0)))
+                                          look_p=float(tc.get("look_p", 0.0)), hardness=hardness)
                 for size in sizes for past in (0, int(tc.past_frames))}
     clip_p = float(tc.get("clip_p", 1.0))
     pick = np.random.default_rng(int(tc.seed) + step)
@@ -314,7 +324,8 @@ def run(cfg) -> int:
                             diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
                             timesteps=str(tc.get("timesteps", "uniform")),
                             second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only,
-                            zero_noise=str(tc.denoiser_input) == "zeros", mask_loss=str(tc.mask_loss))
+                            zero_noise=str(tc.denoiser_input) == "zeros", mask_loss=str(tc.mask_loss),
+                            hardness=hardness)
         if ema is not None:
             ema.update_parameters(model)
         dt = time.time() - ts
@@ -354,6 +365,7 @@ def run(cfg) -> int:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "disc": disc.state_dict() if disc else None, "opt_d": opt_d.state_dict() if opt_d else None,
                         "ema": ema.state_dict() if ema is not None else None,
+                        "hardness": hardness.state_dict() if hardness is not None else None,
                         "step": step, "elapsed": elapsed, "best": best, "alarm_limit": alarm_limit,
                         "config": net_cfg.to_dict()}, tmp)
             os.replace(tmp, last)
