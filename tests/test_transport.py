@@ -70,6 +70,31 @@ def test_live_delivery_over_each_scheme(scheme, tmp_path):
         ctx.term()
 
 
+def test_live_first_frame_waits_for_the_subscription_and_a_gone_consumer_is_never_counted_sent():
+    """A publisher discards what it sends before the consumer's subscription reaches it (the slow
+    joiner): the sender waits for the subscription, so frame 0 of a fresh connection arrives;
+    once the consumer has gone, frames are counted as unsubscribed, not as sent."""
+    for attempt in range(3):  # the race is lost in microseconds: try it more than once
+        rx = LiveReceiver(ANY_TCP)
+        try:
+            with LiveSender(rx.endpoint) as tx:
+                deadline = time.monotonic() + 5
+                while not tx.wait_for_consumer(0.02) and time.monotonic() < deadline:
+                    rx.recv_newest(10)  # a bound socket attaches its new peer when it is used
+                assert tx.subscribed and tx.send(frame(0)) and tx.stats.sent == 1
+                got, deadline = [], time.monotonic() + 3
+                while not got and time.monotonic() < deadline:
+                    got = rx.recv_newest(50)
+                assert [m.seq for m in got] == [0] and rx.stats.streams[0].first_seq == 0
+                rx.close()
+                deadline = time.monotonic() + 5
+                while tx.wait_for_consumer(0.05) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert not tx.send(frame(1)) and (tx.stats.sent, tx.stats.unsubscribed) == (1, 1)
+        finally:
+            rx.close()
+
+
 def test_live_slow_receiver_drops_and_never_goes_back():
     with LiveReceiver(ANY_TCP) as rx, LiveSender(rx.endpoint) as tx:
         seq = sync_live(tx, rx)

@@ -59,12 +59,15 @@ def test_produce_cli_missing_file_is_one_line_error():
 
 
 def test_run_producer_live_paces_and_never_blocks_without_consumer():
+    """Nobody there: the first frame waits the bounded subscription wait, then the stream runs at
+    its pace and every frame is counted as unsubscribed (discarded by the socket), none as sent."""
     frames = (Frame(0, i, time.monotonic_ns(), np.zeros((48, 64, 3), np.uint8)) for i in range(20))
     with LiveSender("tcp://127.0.0.1:9") as tx:
         t0 = time.monotonic()
-        summary = run_producer(frames, tx, pace_fps=100)
+        summary = run_producer(frames, tx, pace_fps=100, subscribe_wait_s=0.3)
         took = time.monotonic() - t0
-    assert summary["frames"] == 20 and 0.15 < took < 2.0
+    assert summary["frames"] == 20 and 0.3 + 0.15 < took < 2.0
+    assert (summary["frames_sent"], summary["frames_unsubscribed"]) == (0, 20)
 
 
 # ------------------------------------------------------------------ signals, progress, no peer

@@ -23,6 +23,7 @@ from typing import TextIO
 
 from endostream.capture.sources import FrameSource, SourceError, open_source
 from endostream.protocol.factory import open_sender, resolve_endpoint
+from endostream.protocol.limits import LIVE_SUBSCRIBE_WAIT_S
 from endostream.protocol.live import LiveSender
 from endostream.protocol.lossless_sender import LosslessSender
 from endostream.types import Frame
@@ -115,7 +116,7 @@ class NobodyListening:
         self._next = now + self.repeat_s
         log.warning("no consumer at %s has taken this producer's frames in %.0f s (%d sent, all "
                     "dropped): start `endostream consume` there, or check transport.endpoint",
-                    self.endpoint, now - self._t0, self.sender.stats.sent)
+                    self.endpoint, now - self._t0, getattr(self.sender, "offered", self.sender.stats.sent))
 
 
 class Progress:
@@ -161,7 +162,8 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
                  pace_fps: float | None = None, drain_timeout_s: float = 60.0,
                  eos_wait_s: float = 5.0, stream_ids: Iterable[int] = (),
                  stop: StopSignals | None = None, progress: Progress | None = None,
-                 listening: NobodyListening | None = None) -> dict:
+                 listening: NobodyListening | None = None,
+                 subscribe_wait_s: float = LIVE_SUBSCRIBE_WAIT_S) -> dict:
     """Send every frame, then end each stream. Returns counts and rates.
 
     ``pace_fps``: sleep to this rate (for sources that are not paced themselves); frames
@@ -174,6 +176,9 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     (a network source stopped before its first frame).
     ``stop``: a stop request ends the loop early; end-of-stream is still sent.
     ``listening``: checked after every frame (warns while no consumer takes them).
+    ``subscribe_wait_s``: live: how long the first frame waits for the consumer's subscription
+    (frames sent before it arrives would be discarded; after the wait they are counted as
+    ``frames_unsubscribed``, not sent).
     A source that fails (``SourceError``) is reported to the consumer as lost, not ended.
     """
     lossless = isinstance(sender, LosslessSender)
@@ -182,6 +187,8 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     if isinstance(frames, FrameSource):  # a lost live source: tell the consumer, not "ended"
         frames.on_lost = _lost_notice(frames, sender, frames.on_lost)
         streams.add(frames.stream_id)
+    if not lossless:  # a publisher discards frames sent before the consumer's subscription arrives
+        sender.wait_for_consumer(subscribe_wait_s)
     it = iter(frames)
     t0 = time.monotonic()
     n = 0
@@ -205,7 +212,8 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
             if listening is not None:
                 listening.check(time.monotonic())
             if progress is not None:
-                drops = sender.stats.refused + (source_stats.dropped if source_stats else 0)
+                drops = (sender.stats.refused + sender.stats.unsubscribed
+                         + (source_stats.dropped if source_stats else 0))
                 progress.update(n, drops, lost=bool(source_stats and source_stats.lost))
     except SourceError:
         if lossless:  # what was captured still reaches the consumer
@@ -230,7 +238,8 @@ def run_producer(frames: Iterable[Frame], sender: LiveSender | LosslessSender, *
     seconds = time.monotonic() - t0
     st = sender.stats
     summary = {"frames": n, "frames_sent": n if lossless else st.sent,
-               "frames_refused": st.refused, "frames_resent": st.resent,
+               "frames_refused": st.refused, "frames_unsubscribed": st.unsubscribed,
+               "frames_resent": st.resent,
                "seconds": round(seconds, 3), "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
                "epoch": sender.epoch, "peer_accepted": not getattr(sender, "never_accepted", False)}
     if source_stats is not None:

@@ -27,6 +27,7 @@ DRAIN_BATCH = 1000
 
 LIVE_SNDHWM = 2  # producer queue: small, a stale frame is worth nothing live
 LIVE_RCVHWM = 4  # consumer queue; the receiver drains it and keeps the newest per stream
+LIVE_SUBSCRIBE_WAIT_S = 2.0  # a live producer waits this long at start for a consumer's subscription
 LIVE_MAX_EVENTS = 1000  # end-of-stream / source-lost notices kept until taken
 
 LOSSLESS_WINDOW = 32  # unacked frames a producer keeps

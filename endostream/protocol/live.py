@@ -1,6 +1,10 @@
-"""Live mode: producer PUB (connect) -> consumer SUB (bind), default tcp://127.0.0.1:5555.
+"""Live mode: producer XPUB (connect) -> consumer SUB (bind), default tcp://127.0.0.1:5555.
 
-The sender never blocks: a full queue refuses the frame (counted). The receiver drains
+The sender never blocks: a full queue refuses the frame (counted). A publisher silently discards
+what it sends before the consumer's subscription reaches it (ZeroMQ's slow joiner), so the sender
+is an XPUB that reads the subscription as it arrives: ``wait_for_consumer`` holds the first frame
+until it has come, and a frame sent while no consumer is subscribed is counted as
+``unsubscribed``, never as sent. The receiver drains
 everything queued and keeps only the newest frame per stream ("newest wins"; ZMQ_CONFLATE
 cannot be used with multipart messages). Drops are counted from sequence gaps."""
 
@@ -16,7 +20,7 @@ import zmq
 from endostream.protocol import wire
 from endostream.protocol.limits import (DEFAULT_LIVE_ENDPOINT, DRAIN_BATCH, HEARTBEAT_IVL_MS,
                                         HEARTBEAT_TIMEOUT_MS, LIVE_MAX_EVENTS, LIVE_RCVHWM,
-                                        LIVE_SNDHWM, LOG_INTERVAL_S, MAX_HEIGHT, MAX_STREAMS,
+                                        LIVE_SNDHWM, LIVE_SUBSCRIBE_WAIT_S, LOG_INTERVAL_S, MAX_HEIGHT, MAX_STREAMS,
                                         MAX_WIDTH)
 from endostream.protocol.security import ClientKeys, ServerKeys
 from endostream.protocol.sockets import BaseReceiver, BaseSocket, recv_parts, send_parts
@@ -28,17 +32,22 @@ log = logging.getLogger(__name__)
 
 
 class LiveSender(BaseSocket):
-    """PUB, connects to the consumer. ``send`` never blocks."""
+    """XPUB, connects to the consumer. ``send`` never blocks."""
 
     def __init__(self, endpoint: str = DEFAULT_LIVE_ENDPOINT, *, codec: str = "raw",
                  jpeg_quality: int = 90, sndhwm: int = LIVE_SNDHWM, epoch: int | None = None,
                  context: zmq.Context | None = None, security: ClientKeys | None = None,
                  send_mask: bool = False, heartbeat_ivl_ms: int = HEARTBEAT_IVL_MS,
                  heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS):
-        super().__init__(zmq.PUB, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
+        super().__init__(zmq.XPUB, context, linger_ms=0, heartbeat_ivl_ms=heartbeat_ivl_ms,
                          heartbeat_timeout_ms=heartbeat_timeout_ms)
         self.sock.sndhwm = sndhwm  # small: a stale frame is worth nothing live
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # full queue -> EAGAIN we can count
+        self.sock.rcvhwm = 16  # subscription notices only: one per consumer arriving or leaving
+        # A pipe only while connected: a consumer that leaves withdraws its subscription (counted
+        # from then on) and the frames sent meanwhile are not queued for its return, stale.
+        self.sock.immediate = 1
+        self.subscribed = False  # a consumer's subscription reached this socket and still holds
         self._connect(endpoint, security)
         self.codec, self.jpeg_quality, self.send_mask = codec, jpeg_quality, send_mask
         self.epoch = wire.new_epoch() if epoch is None else epoch
@@ -47,17 +56,46 @@ class LiveSender(BaseSocket):
 
     @property
     def never_accepted(self) -> bool:
-        """True when frames were sent but no consumer ever completed a handshake with this
-        socket (refused by CURVE, or nobody there): PUB drops them silently otherwise."""
+        """True when frames were offered but no consumer ever completed a handshake with this
+        socket (refused by CURVE, or nobody there): a publisher drops them silently otherwise."""
         self._drain_monitor()
-        return self.stats.sent > 0 and self.handshakes_ok == 0
+        return self.offered > 0 and self.handshakes_ok == 0
+
+    @property
+    def offered(self) -> int:
+        """Frames handed to ``send``: sent, refused by the full queue, or with nobody subscribed."""
+        return self.stats.sent + self.stats.refused + self.stats.unsubscribed
 
     def close(self) -> None:
         if not self.sock.closed and self.never_accepted:
-            log.warning("%d frames sent but no consumer ever accepted this producer's connection "
-                        "(%d failed handshakes): none of them was received", self.stats.sent,
+            log.warning("%d frames offered but no consumer ever accepted this producer's connection "
+                        "(%d failed handshakes): none of them was received", self.offered,
                         self.handshakes_failed)
         super().close()
+
+    def _read_subscriptions(self) -> bool:
+        """Apply queued (un)subscription notices (never blocks); returns ``subscribed``. Not
+        verbose: the one topic (everything) is announced when its first subscriber arrives and
+        withdrawn when its last one leaves, so the newest notice is the state."""
+        while True:
+            try:
+                note = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return self.subscribed
+            if note[:1] in (b"\x00", b"\x01"):
+                self.subscribed = note[:1] == b"\x01"
+
+    def wait_for_consumer(self, timeout_s: float = LIVE_SUBSCRIBE_WAIT_S) -> bool:
+        """Wait up to ``timeout_s`` for a consumer's subscription; True once one holds. Called
+        before a stream's first frame, so the frames a consumer is there for are not thrown away
+        while its subscription is still on its way."""
+        deadline = time.monotonic() + timeout_s
+        while not self._read_subscriptions():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.poll(min(50, max(1, int(left * 1000))), zmq.POLLIN)
+        return True
 
     def _send(self, parts: list) -> bool:
         parts[0] = wire.send_header(parts[0])
@@ -73,8 +111,10 @@ class LiveSender(BaseSocket):
         parts = wire.encode_frame(frame, epoch=self.epoch, codec=self.codec,
                                   jpeg_quality=self.jpeg_quality, send_mask=self.send_mask)
         self._next_seq[frame.stream_id] = frame.seq + 1
-        ok = self._send(parts)
-        if ok:
+        if not self._read_subscriptions():  # the socket would discard it: say so, never "sent"
+            self.stats.unsubscribed += 1
+            ok = False
+        elif ok := self._send(parts):
             self.stats.sent += 1
         else:
             self.stats.refused += 1

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 class SenderStats:
     sent: int = 0
     refused: int = 0  # live: the socket's queue was full, the frame was dropped at once
+    unsubscribed: int = 0  # live: no consumer was subscribed, so the socket discarded the frame
     resent: int = 0  # lossless: frames sent again after acks stopped coming
     acked: int = 0
     source_lost: int = 0  # source-lost notices sent
