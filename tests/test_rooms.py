@@ -72,6 +72,22 @@ def test_a_generous_deadline_is_met(tmp_path) -> None:
     assert s["same_frame"]["met"] >= room["frames"] - room["missed_deadlines"]
 
 
+def test_a_deadline_the_model_cannot_meet_is_not_waited_for(tmp_path) -> None:
+    """A model call of over 120 ms against a 60 ms deadline: ``fixed`` holds every frame up to
+    60 ms and still shows an older mask; ``predicted`` learns the call time and shows the frames at
+    once (the missed deadlines still counted)."""
+    waits = {}
+    for policy in ("fixed", "predicted"):
+        s, _ = run_rooms(tmp_path / policy, 1, 75, "overlay.wait_ms=60", "infer_delay_ms=120",
+                         f"overlay.wait_policy={policy}")
+        sf = s["same_frame"]
+        assert sf["policy"] == policy and sf["missed"] > sf["frames"] // 2, sf
+        waits[policy] = sf
+    assert waits["fixed"]["mean_wait_ms"] > 35 and waits["fixed"]["skipped_passes"] == 0, waits
+    assert waits["predicted"]["mean_wait_ms"] < waits["fixed"]["mean_wait_ms"] / 2, waits
+    assert waits["predicted"]["skipped_passes"] >= waits["predicted"]["frames"] // 2, waits
+
+
 def test_room_goals_verdict() -> None:
     from endostream.bench.capacity import room_goals
 

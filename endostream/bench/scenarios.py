@@ -263,6 +263,8 @@ def _consume_cfg(cfg: Any, tb: dict[str, Any], work: Path, modality: str) -> Any
         c.model[k] = v
     if cfg.get("wait_ms") is not None:
         c.overlay.wait_ms = float(cfg.wait_ms)
+    if cfg.get("wait_policy") is not None:
+        c.overlay.wait_policy = str(cfg.wait_policy)
     for spec in c.sink.values():  # file sinks write into the scratch folder
         if isinstance(spec, dict) or OmegaConf.is_dict(spec):
             for key in ("path", "folder"):

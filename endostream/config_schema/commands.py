@@ -150,6 +150,8 @@ class BenchConfig(Schema):
         description="overrides of the modality's model (configs/model/*.yaml); null keeps it")
     wait_ms: Optional[float] = Field(None,
         description="the consumer's overlay.wait_ms (same-frame masks); null keeps configs/overlay")
+    wait_policy: Optional[Literal['fixed', 'predicted']] = Field(None,
+        description="the consumer's overlay.wait_policy; null keeps configs/overlay")
     clock: BenchConfigClock = Field(default_factory=BenchConfigClock)
     compare: BenchConfigCompare = Field(default_factory=BenchConfigCompare)
 

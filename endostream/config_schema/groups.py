@@ -96,6 +96,7 @@ class Overlay(Schema):
                      annotated_types.Len(3, 3)]
     stale_ms: Annotated[float, annotated_types.Ge(0)]
     wait_ms: Annotated[float, annotated_types.Ge(0)]
+    wait_policy: Literal["fixed", "predicted"]
     no_model_for: list[Text]
     persistence: Persistence
 

@@ -52,6 +52,7 @@ from typing import Any
 
 from endostream.consumer.worker import (Inference, InferenceWorker, MaskResult, ModalitySpec,
                                            ModelRouter, modality_spec)
+from endostream.consumer.deadline import MaskDeadline
 from endostream.consumer.durable import DurableAcks
 from endostream.consumer.persistence import StreamFilters
 from endostream.consumer.stages import Controls, OverlayStage, Shown, SinkStage
@@ -81,6 +82,7 @@ class ConsumerOptions:
     min_streams: int = 1  # end-of-stream ends the run once this many streams have ended
     stale_ms: float = 500.0
     wait_ms: float = 0.0  # live display waits up to this for a frame's own mask
+    wait_policy: str = "fixed"  # fixed | predicted: wait only when the mask is expected in time (deadline.py)
     note: str = ""  # extra HUD text
     no_signal_after_ms: float = 1000.0  # a live stream without frames this long is "no signal"
     max_streams: int = MAX_STREAMS  # live: stream ids kept at once (consumer.streams)
@@ -97,6 +99,8 @@ class Consumer:
         self.tel = Telemetry()
         self.inference = Inference(router, delay_ms=infer_delay_ms,
                                    record=lambda row: records.write("inference", row), filters=filters)
+        self.deadline = MaskDeadline(options.wait_ms, options.wait_policy)  # live: the own-mask wait
+        self.inference.on_call = self.deadline.record
         self.journal = journal or {}
         self.duplicates_skipped = 0
         self.superseded = 0  # live: delivered by the receiver, then replaced by a newer frame
@@ -175,14 +179,16 @@ class Consumer:
             while not self.stop_requested:
                 self.overlay.controls.poll()
                 msgs = self._admitted(self._newest_frames(), worker)
+                busy_since, busy_n = worker.inflight()  # before our frames: the call they queue behind
                 worker.submit_many([(m.frame, m.epoch) for m in msgs])  # one model call for all streams
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
-                deadline_ns = time.monotonic_ns() + int(self.opt.wait_ms * 1e6)
+                pass_ns = time.monotonic_ns()
+                deadline_ns = self.deadline.deadline_ns(pass_ns, len(msgs), busy_since, busy_n)
                 # Each room's frame is shown as soon as its own mask is ready (or at the deadline),
                 # never held behind another room's wait.
                 for msg in worker.in_completion_order(msgs, deadline_ns):
-                    self._live_frame(worker, msg, deadline_ns)
+                    self._live_frame(worker, msg, deadline_ns, pass_ns)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
                 self._live_ends(worker)
@@ -235,13 +241,13 @@ class Consumer:
             worker.reset(sid)
             self._ends_seen = {k for k in self._ends_seen if k[0] != sid}
 
-    def _live_frame(self, worker: InferenceWorker, msg: Any, deadline_ns: int) -> None:
+    def _live_frame(self, worker: InferenceWorker, msg: Any, deadline_ns: int, pass_ns: int) -> None:
         frame, epoch = msg.frame, msg.epoch
         try:
             st, _ = self.tel.on_frame(frame, epoch)
             # The frame was submitted with the other streams' frames (run_live): wait
             # until deadline_ns (overlay.wait_ms) for this frame's own mask, else the newest one.
-            result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns)
+            result = worker.wait_for(frame.stream_id, frame.seq, epoch, deadline_ns, since_ns=pass_ns)
             frame.stamps_ns["wait"] = time.monotonic_ns()  # the wait is its own stage in the bench
             if result is not None and result.epoch != epoch:
                 result = None  # a mask from before the producer restarted
@@ -369,7 +375,7 @@ class Consumer:
             "latency_ms": percentiles(tel.latency_ms),
             "inference_ms": percentiles(inf.infer_ms),
             "mask_age_ms": percentiles(tel.mask_age_ms),
-            "same_frame": {"wait_ms": self.opt.wait_ms, **inf.same_frame.as_dict()},  # frames shown with their own mask
+            "same_frame": {**self.deadline.as_dict(), **inf.same_frame.as_dict()},  # frames shown with their own mask
             "inference_batch": inf.batch_stats(),  # frames per model call
             **inf.rooms_report(),  # live: per room mask rate / age / missed deadlines, fairness, timeline
             "fps": round((tel.shown - 1) / span, 2) if span > 0 else None,
@@ -496,6 +502,7 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
                            idle_timeout_s=float(cfg.idle_timeout_s), min_streams=int(cfg.min_streams),
                            stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""),
                            wait_ms=float(cfg.overlay.get("wait_ms") or 0),
+                           wait_policy=str(cfg.overlay.wait_policy),
                            no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0),
                            max_streams=int(setting(tcfg, "max_streams", MAX_STREAMS)))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,

@@ -171,6 +171,7 @@ class Inference:
                  record: Callable[[dict[str, Any]], None] | None = None,
                  filters: StreamFilters | None = None) -> None:
         self.router, self.delay_s, self.record = router, delay_ms / 1000.0, record
+        self.on_call: Callable[[int, float], None] | None = None  # (frames, ms) of each model call
         self.filters = filters  # persistence filter per stream (consumer/persistence.py); None: off
         self.processed: dict[tuple[int, int], int] = {}  # (stream, epoch) -> frames processed
         self.infer_ms: deque[float] = deque(maxlen=100_000)
@@ -262,6 +263,8 @@ class Inference:
             return [None]
         t1 = time.monotonic_ns()
         self.batches.append(len(frames))
+        if self.on_call is not None:  # the display's deadline learns the model's call times
+            self.on_call(len(frames), (t1 - t0) / 1e6)
         return [self._result(frame, epoch, newest, pred, seg, t0, t1, picked_ns, len(frames))
                 for (frame, epoch, newest), pred in zip(items, preds)]
 
@@ -330,6 +333,7 @@ class InferenceWorker:
         self._latest: dict[int, MaskResult] = {}
         self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
         self._inflight: set[int] = set()  # streams in the batch being segmented
+        self._inflight_ns: int | None = None  # when that batch was picked
         self._resets: set[int] = set()
         # Stream ids come from peers: one limiter over all rooms, so a flood of ids (each
         # missing its first deadline) cannot become one log line per id.
@@ -359,12 +363,14 @@ class InferenceWorker:
         with self._cv:
             return self._latest.get(stream_id)
 
-    def wait_for(self, stream_id: int, seq: int, epoch: int, deadline_ns: int) -> MaskResult | None:
+    def wait_for(self, stream_id: int, seq: int, epoch: int, deadline_ns: int,
+                 since_ns: int | None = None) -> MaskResult | None:
         """The newest result of a stream once frame ``seq`` (of ``epoch``) is finished, or at
         ``deadline_ns`` (``time.monotonic_ns``) if that comes first; returns at once when the
         frame is neither pending nor being segmented (nothing to wait for). Counts in
-        ``inference.same_frame`` whether the result is the frame's own."""
-        t0 = time.monotonic_ns()
+        ``inference.same_frame`` whether the result is the frame's own, and the wait from
+        ``since_ns`` (the pass's start: ``in_completion_order`` may have done the waiting) or now."""
+        t0 = since_ns or time.monotonic_ns()
         with self._cv:
             while not self._finished(stream_id, seq, epoch) and (
                     stream_id in self._pending or stream_id in self._inflight):
@@ -424,6 +430,11 @@ class InferenceWorker:
             self._resets.add(stream_id)
             self._cv.notify_all()
 
+    def inflight(self) -> tuple[int | None, int]:
+        """When the batch being segmented was picked (None when idle) and how many frames it has."""
+        with self._cv:
+            return self._inflight_ns, len(self._inflight)
+
     @property
     def busy(self) -> bool:
         with self._cv:
@@ -457,13 +468,14 @@ class InferenceWorker:
                 for sid in sids:
                     self._served[sid] = picked_ns
                 self._inflight = set(sids)
+                self._inflight_ns = picked_ns if sids else None
             for sid in resets:
                 self.inference.reset(sid)
             if not items:
                 continue
             results = self.inference.run_batch(items, picked_ns, submitted)
             with self._cv:
-                self._inflight = set()
+                self._inflight, self._inflight_ns = set(), None
                 for (frame, epoch, _), result in zip(items, results):
                     sid = frame.stream_id
                     if sid in self._resets or self._newest.get(sid, (epoch,))[0] != epoch:

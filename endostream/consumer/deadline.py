@@ -1,0 +1,74 @@
+"""How long the live display waits for a frame's own mask (``overlay.wait_ms``, ``overlay.wait_policy``).
+
+``fixed``: every pass waits up to ``wait_ms`` for its frames' masks. ``predicted``: a pass waits up
+to ``wait_ms`` only when the masks are expected within it: the model's recent call times (a high
+quantile, per batch size) plus what is left of the call in flight. When they are not (several rooms
+share a model slower than the wait, a slow accelerator), waiting would only delay the video by
+``wait_ms`` and still show the older mask, so the frame is shown at once with the newest mask.
+The missed deadline is counted either way (``same_frame``, per room).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+POLICIES = ("fixed", "predicted")
+HISTORY = 64  # model calls remembered per batch size
+QUANTILE = 90  # a pass waits when this share of recent calls would have finished in time
+MIN_CALLS = 4  # fewer calls than this of any size: no prediction yet, the pass waits
+
+
+class MaskDeadline:
+    def __init__(self, wait_ms: float, policy: str = "predicted") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"overlay.wait_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if wait_ms < 0:
+            raise ValueError(f"overlay.wait_ms must be >= 0, got {wait_ms}")
+        self.wait_ms, self.policy = float(wait_ms), policy
+        self._calls: dict[int, deque[float]] = {}
+        self._lock = threading.Lock()  # the model's thread records, the display's reads
+        self.skipped = 0  # passes shown at once because their masks were not expected in time
+
+    def record(self, batch: int, call_ms: float) -> None:
+        """One finished model call of ``batch`` frames that took ``call_ms``."""
+        with self._lock:
+            self._calls.setdefault(batch, deque(maxlen=HISTORY)).append(call_ms)
+
+    def expected_ms(self, batch: int) -> float | None:
+        """A high quantile of recent call times for ``batch`` frames; from other sizes scaled
+        linearly (a CPU gains little from a batch) when this size has too few; None without any."""
+        with self._lock:
+            calls = {b: list(c) for b, c in self._calls.items() if len(c) >= MIN_CALLS}
+        if batch in calls:
+            return float(np.percentile(calls[batch], QUANTILE))
+        others = list(calls.items())
+        if not others:
+            return None
+        b, times = max(others, key=lambda bc: len(bc[1]))
+        return float(np.percentile(times, QUANTILE)) * batch / b
+
+    def deadline_ns(self, now_ns: int, batch: int, inflight_ns: int | None = None,
+                    inflight_batch: int = 0) -> int:
+        """When a pass submitted at ``now_ns`` with ``batch`` frames stops waiting. ``inflight_ns``:
+        when the call the model is busy with started (None when idle), of ``inflight_batch``."""
+        wait_ns = int(self.wait_ms * 1e6)
+        if self.policy == "fixed" or wait_ns == 0:
+            return now_ns + wait_ns
+        own = self.expected_ms(batch)
+        if own is None:
+            return now_ns + wait_ns
+        ahead = 0.0
+        if inflight_ns is not None and inflight_batch:
+            busy = self.expected_ms(inflight_batch) or 0.0
+            ahead = max(0.0, busy - (now_ns - inflight_ns) / 1e6)
+        if ahead + own > self.wait_ms:
+            self.skipped += 1
+            return now_ns
+        return now_ns + wait_ns
+
+    def as_dict(self) -> dict:
+        return {"policy": self.policy, "wait_ms": self.wait_ms, "skipped_passes": self.skipped,
+                "expected_ms_batch1": None if (e := self.expected_ms(1)) is None else round(e, 2)}
