@@ -159,6 +159,14 @@ def _tiny_data_root(root: Path, size: int = 96) -> Path:
     return root
 
 
+def _tiny_run(data: Path, out: Path, *extra: str) -> list[str]:
+    """A train command's overrides for a few steps of a 64-pixel network on the tiny data root,
+    validated every 3 steps, without the false-alarm stream."""
+    return [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
+            "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=3",
+            "train.warmup_steps=1", "train.threads=1", "train.alarm_stretches=0", *extra]
+
+
 def test_step_budget_stops_validates_and_resumes_on_schedule(tmp_path):
     """`endostream train` with a step budget: exactly N steps, validation every k, a best and a
     last checkpoint; a larger budget resumes from the last step instead of starting over."""
@@ -216,10 +224,7 @@ def test_with_ema_the_moving_average_is_validated_kept_and_resumed(tmp_path):
 
     data = _tiny_data_root(tmp_path / "data")
     out = tmp_path / "run"
-    common = [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
-              "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=3",
-              "train.warmup_steps=1", "train.threads=1", "train.alarm_stretches=0", "train.ema_decay=0.5",
-              "train.lr=0.01"]
+    common = _tiny_run(data, out, "train.ema_decay=0.5", "train.lr=0.01")
     assert run(compose("train", common + ["train.budget_steps=3"])) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
@@ -308,10 +313,7 @@ def test_hard_mining_scores_what_the_step_got_wrong_and_resumes_its_table(tmp_pa
 
     data = _tiny_data_root(tmp_path / "data")
     out = tmp_path / "run"
-    common = [f"data.root={data}", "data.cache_size=96", f"train.out={out}", "model.input_size=64",
-              "train.batch_size=2", "train.pretrained_encoder=false", "train.val_every_steps=3",
-              "train.warmup_steps=1", "train.threads=1", "train.alarm_stretches=0", "train.hard_mining=0.5",
-              "train.negative_p=0"]
+    common = _tiny_run(data, out, "train.hard_mining=0.5", "train.negative_p=0")
     assert run(compose("train", common + ["train.budget_steps=2"])) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert 1 <= ck["hardness"]["seen"].sum() <= 4
