@@ -43,3 +43,22 @@ def test_the_prediction_follows_the_model_and_fixed_never_skips() -> None:
     assert MaskDeadline(0, "predicted").deadline_ns(7, 1) == 7
     with pytest.raises(ValueError, match="wait_policy"):
         MaskDeadline(30, "sometimes")
+
+
+def test_a_pass_that_would_outlast_the_frame_interval_does_not_wait() -> None:
+    """Two rooms at 25 fps sharing a model whose two-frame call (48 ms) fits a 50 ms wait but not
+    the 40 ms between a room's frames: waiting would let the next frames replace the ones waiting,
+    so the pass shows at once; one room's 25 ms call still gets the whole 50 ms wait."""
+    d = MaskDeadline(50, "predicted")
+    for _ in range(MIN_CALLS):
+        d.record(1, 25.0)
+        d.record(2, 48.0)
+    assert d.deadline_ns(0, 2, stream_ids=[0, 1]) == 50 * MS  # no interval known yet: 48 < 50
+    for k in range(5):
+        d.note_frame(0, k * 40 * MS)
+        d.note_frame(1, k * 40 * MS + 20 * MS)
+    assert d.interval_ms([0, 1]) == pytest.approx(40.0)
+    assert d.deadline_ns(0, 2, stream_ids=[0, 1]) == 0  # 48 > 40 - 5
+    assert d.deadline_ns(0, 1, stream_ids=[0]) == 50 * MS  # 25 < 35: wait, and the full 50 ms
+    d.forget(0)
+    assert d.interval_ms([0]) is None

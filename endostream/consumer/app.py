@@ -181,10 +181,13 @@ class Consumer:
                 msgs = self._admitted(self._newest_frames(), worker)
                 busy_since, busy_n = worker.inflight()  # before our frames: the call they queue behind
                 worker.submit_many([(m.frame, m.epoch) for m in msgs])  # one model call for all streams
+                for m in msgs:
+                    self.deadline.note_frame(m.stream_id, m.frame.t_capture_ns)
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
                 pass_ns = time.monotonic_ns()
-                deadline_ns = self.deadline.deadline_ns(pass_ns, len(msgs), busy_since, busy_n)
+                deadline_ns = self.deadline.deadline_ns(pass_ns, len(msgs), busy_since, busy_n,
+                                                        [m.stream_id for m in msgs])
                 # Each room's frame is shown as soon as its own mask is ready (or at the deadline),
                 # never held behind another room's wait.
                 for msg in worker.in_completion_order(msgs, deadline_ns):
@@ -238,6 +241,7 @@ class Consumer:
             self.tel.forget(sid)
             self.signal.streams.pop(sid, None)
             self.cards.shown.pop(sid, None)
+            self.deadline.forget(sid)
             worker.reset(sid)
             self._ends_seen = {k for k in self._ends_seen if k[0] != sid}
 

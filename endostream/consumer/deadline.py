@@ -5,6 +5,11 @@ to ``wait_ms`` only when the masks are expected within it: the model's recent ca
 per batch size) plus what is left of the call in flight. When they are not (several rooms
 share a model slower than the wait, a slow accelerator), waiting would only delay the video by
 ``wait_ms`` and still show the older mask, so the frame is shown at once with the newest mask.
+Nor does it wait when the masks would come after the next frame of a stream in the pass is due
+(its frame interval, from the capture times, less a margin for drawing): a pass that outlasts the
+interval makes the receiver replace frames before they are shown, so with several rooms sharing a
+slow model the video would stall. One room keeps the whole ``wait_ms`` for a call that is slower
+than usual: only the decision uses the interval, not the length of the wait.
 The missed deadline is counted either way (``same_frame``, per room).
 """
 
@@ -22,6 +27,8 @@ HISTORY = 64  # model calls remembered per batch size
 # call with a 42 ms p99 against a 30 ms wait).
 QUANTILE = 50
 MIN_CALLS = 4  # fewer calls than this of any size: no prediction yet, the pass waits
+INTERVALS = 16  # capture intervals remembered per stream
+DRAW_MARGIN_MS = 5.0  # drawing and writing a pass's frames, taken off the interval
 
 
 class MaskDeadline:
@@ -34,6 +41,24 @@ class MaskDeadline:
         self._calls: dict[int, deque[float]] = {}
         self._lock = threading.Lock()  # the model's thread records, the display's reads
         self.skipped = 0  # passes shown at once because their masks were not expected in time
+        self._last_capture: dict[int, int] = {}  # stream -> capture ns of its newest frame seen
+        self._intervals: dict[int, deque[float]] = {}
+
+    def note_frame(self, stream_id: int, t_capture_ns: int) -> None:
+        """A frame the display is about to show (display thread only): learns the stream's interval."""
+        last = self._last_capture.get(stream_id)
+        if last is not None and t_capture_ns > last:
+            self._intervals.setdefault(stream_id, deque(maxlen=INTERVALS)).append((t_capture_ns - last) / 1e6)
+        self._last_capture[stream_id] = t_capture_ns
+
+    def forget(self, stream_id: int) -> None:
+        self._last_capture.pop(stream_id, None)
+        self._intervals.pop(stream_id, None)
+
+    def interval_ms(self, stream_ids: list[int]) -> float | None:
+        """The shortest median capture interval among ``stream_ids``; None while none is known."""
+        known = [float(np.median(self._intervals[s])) for s in stream_ids if len(self._intervals.get(s, ())) >= 2]
+        return min(known) if known else None
 
     def record(self, batch: int, call_ms: float) -> None:
         """One finished model call of ``batch`` frames that took ``call_ms``."""
@@ -54,9 +79,10 @@ class MaskDeadline:
         return float(np.percentile(times, QUANTILE)) * batch / b
 
     def deadline_ns(self, now_ns: int, batch: int, inflight_ns: int | None = None,
-                    inflight_batch: int = 0) -> int:
+                    inflight_batch: int = 0, stream_ids: list[int] | None = None) -> int:
         """When a pass submitted at ``now_ns`` with ``batch`` frames stops waiting. ``inflight_ns``:
-        when the call the model is busy with started (None when idle), of ``inflight_batch``."""
+        when the call the model is busy with started (None when idle), of ``inflight_batch``;
+        ``stream_ids``: the pass's streams, whose frame interval bounds the decision."""
         wait_ns = int(self.wait_ms * 1e6)
         if self.policy == "fixed" or wait_ns == 0:
             return now_ns + wait_ns
@@ -67,7 +93,11 @@ class MaskDeadline:
         if inflight_ns is not None and inflight_batch:
             busy = self.expected_ms(inflight_batch) or 0.0
             ahead = max(0.0, busy - (now_ns - inflight_ns) / 1e6)
-        if ahead + own > self.wait_ms:
+        limit = self.wait_ms
+        interval = self.interval_ms(stream_ids or [])
+        if interval is not None:
+            limit = min(limit, interval - DRAW_MARGIN_MS)
+        if ahead + own > limit:
             self.skipped += 1
             return now_ns
         return now_ns + wait_ns
