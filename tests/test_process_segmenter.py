@@ -100,7 +100,8 @@ def test_a_missing_weights_file_is_said_in_one_line() -> None:
 
 
 def test_two_rooms_get_their_masks_from_the_model_in_its_own_process(tmp_path) -> None:
-    s, consumer = run_rooms(tmp_path, 2, 40, "model.process=true", "overlay.wait_ms=3000")
+    s, consumer = run_rooms(tmp_path, 2, 40, "model.process=true", "overlay.wait_ms=3000",
+                            "overlay.wait_policy=fixed")  # always wait: every mask is the frame's own
     for sid in ("0", "1"):
         room = s["rooms"][sid]
         assert room["masks"] >= 10 and room["missed_deadlines"] <= room["frames"] // 5, room

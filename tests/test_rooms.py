@@ -64,9 +64,10 @@ def test_missed_deadlines_are_counted_per_room_and_said(tmp_path, caplog) -> Non
 
 
 def test_a_generous_deadline_is_met(tmp_path) -> None:
-    """One room, a deadline far above any model call: (nearly) every frame gets its own mask and
-    the miss counter stays (near) zero; it counts misses, not frames."""
-    s, _ = run_rooms(tmp_path, 1, 40, "overlay.wait_ms=3000")
+    """One room, a deadline far above any model call, always waited for (``fixed``: ``predicted``
+    would not wait past the next frame): (nearly) every frame gets its own mask and the miss counter
+    stays (near) zero; it counts misses, not frames."""
+    s, _ = run_rooms(tmp_path, 1, 40, "overlay.wait_ms=3000", "overlay.wait_policy=fixed")
     room = s["rooms"]["0"]
     assert room["frames"] > 0 and room["missed_deadlines"] <= room["frames"] // 10, room
     assert s["same_frame"]["met"] >= room["frames"] - room["missed_deadlines"]
