@@ -97,10 +97,10 @@ class Consumer:
         self.rx, self.router, self.overlay, self.sinks = receiver, router, overlay, sinks
         self.records, self.opt = records, options
         self.tel = Telemetry()
-        self.inference = Inference(router, delay_ms=infer_delay_ms,
-                                   record=lambda row: records.write("inference", row), filters=filters)
         self.deadline = MaskDeadline(options.wait_ms, options.wait_policy)  # live: the own-mask wait
-        self.inference.on_call = self.deadline.record
+        self.inference = Inference(router, delay_ms=infer_delay_ms,
+                                   record=lambda row: records.write("inference", row), filters=filters,
+                                   on_call=self.deadline.record)
         self.journal = journal or {}
         self.duplicates_skipped = 0
         self.superseded = 0  # live: delivered by the receiver, then replaced by a newer frame

@@ -32,7 +32,7 @@ DRAW_MARGIN_MS = 5.0  # drawing and writing a pass's frames, taken off the inter
 
 
 class MaskDeadline:
-    def __init__(self, wait_ms: float, policy: str = "predicted") -> None:
+    def __init__(self, wait_ms: float, policy: str) -> None:
         if policy not in POLICIES:
             raise ValueError(f"overlay.wait_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if wait_ms < 0:
@@ -65,18 +65,22 @@ class MaskDeadline:
         with self._lock:
             self._calls.setdefault(batch, deque(maxlen=HISTORY)).append(call_ms)
 
-    def expected_ms(self, batch: int) -> float | None:
-        """The median of recent call times for ``batch`` frames; from other sizes scaled
-        linearly (a CPU gains little from a batch) when this size has too few; None without any."""
+    def _medians(self) -> dict[int, tuple[float, int]]:
+        """Batch size -> (median call ms, calls) for the sizes with enough calls: one snapshot."""
         with self._lock:
             calls = {b: list(c) for b, c in self._calls.items() if len(c) >= MIN_CALLS}
-        if batch in calls:
-            return float(np.percentile(calls[batch], QUANTILE))
-        others = list(calls.items())
-        if not others:
+        return {b: (float(np.percentile(c, QUANTILE)), len(c)) for b, c in calls.items()}
+
+    def expected_ms(self, batch: int, medians: dict[int, tuple[float, int]] | None = None) -> float | None:
+        """The median of recent call times for ``batch`` frames; from other sizes scaled
+        linearly (a CPU gains little from a batch) when this size has too few; None without any."""
+        medians = self._medians() if medians is None else medians
+        if batch in medians:
+            return medians[batch][0]
+        if not medians:
             return None
-        b, times = max(others, key=lambda bc: len(bc[1]))
-        return float(np.percentile(times, QUANTILE)) * batch / b
+        b, (median, _) = max(medians.items(), key=lambda item: item[1][1])
+        return median * batch / b
 
     def deadline_ns(self, now_ns: int, batch: int, inflight_ns: int | None = None,
                     inflight_batch: int = 0, stream_ids: list[int] | None = None) -> int:
@@ -86,12 +90,13 @@ class MaskDeadline:
         wait_ns = int(self.wait_ms * 1e6)
         if self.policy == "fixed" or wait_ns == 0:
             return now_ns + wait_ns
-        own = self.expected_ms(batch)
+        medians = self._medians()
+        own = self.expected_ms(batch, medians)
         if own is None:
             return now_ns + wait_ns
         ahead = 0.0
         if inflight_ns is not None and inflight_batch:
-            busy = self.expected_ms(inflight_batch) or 0.0
+            busy = self.expected_ms(inflight_batch, medians) or 0.0
             ahead = max(0.0, busy - (now_ns - inflight_ns) / 1e6)
         limit = self.wait_ms
         interval = self.interval_ms(stream_ids or [])

@@ -169,9 +169,10 @@ class Inference:
 
     def __init__(self, router: ModelRouter, *, delay_ms: float = 0.0,
                  record: Callable[[dict[str, Any]], None] | None = None,
-                 filters: StreamFilters | None = None) -> None:
+                 filters: StreamFilters | None = None,
+                 on_call: Callable[[int, float], None] | None = None) -> None:
         self.router, self.delay_s, self.record = router, delay_ms / 1000.0, record
-        self.on_call: Callable[[int, float], None] | None = None  # (frames, ms) of each model call
+        self.on_call = on_call  # (frames, ms) of each model call: the display's deadline learns them
         self.filters = filters  # persistence filter per stream (consumer/persistence.py); None: off
         self.processed: dict[tuple[int, int], int] = {}  # (stream, epoch) -> frames processed
         self.infer_ms: deque[float] = deque(maxlen=100_000)
@@ -263,7 +264,7 @@ class Inference:
             return [None]
         t1 = time.monotonic_ns()
         self.batches.append(len(frames))
-        if self.on_call is not None:  # the display's deadline learns the model's call times
+        if self.on_call is not None:
             self.on_call(len(frames), (t1 - t0) / 1e6)
         return [self._result(frame, epoch, newest, pred, seg, t0, t1, picked_ns, len(frames))
                 for (frame, epoch, newest), pred in zip(items, preds)]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from endostream.training.losses import soft_dice_error
+
 UNSEEN = 1.0  # an image not drawn yet counts as the hardest there is
 FLOOR = 0.02  # every image keeps a chance in the mined share, however well it is fitted
 
@@ -50,9 +52,6 @@ class HardnessTable:
         self.seen = np.asarray(state["seen"], bool).copy()
 
 
-def sample_hardness(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> np.ndarray:
+def sample_hardness(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     """1 - soft Dice per sample of (B,1,H,W) logits against {0,1} targets, in [0, 1]."""
-    p = torch.sigmoid(logits.detach().float())
-    inter = (p * target).sum(dim=(1, 2, 3))
-    denom = p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-    return (1.0 - (2 * inter + eps) / (denom + eps)).clamp(0, 1).numpy()
+    return soft_dice_error(logits.detach(), target).clamp(0, 1).numpy()

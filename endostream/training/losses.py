@@ -7,15 +7,19 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def soft_dice_error(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per sample (B,) of (B,1,H,W) logits against {0,1} targets."""
+    p = torch.sigmoid(logits.float())
+    inter = (p * target).sum(dim=(1, 2, 3))
+    denom = p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+    return 1.0 - (2 * inter + eps) / (denom + eps)
+
+
 def dice_bce(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice + BCE on (B,1,H,W) logits against {0,1} targets; Dice averaged per sample."""
     logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(1, 2, 3))
-    denom = p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-    dice = 1.0 - (2 * inter + eps) / (denom + eps)
-    return bce + dice.mean()
+    return bce + soft_dice_error(logits, target, eps).mean()
 
 
 def boundary_weights(target: torch.Tensor, kernel: int = 31, gain: float = 5.0) -> torch.Tensor:
