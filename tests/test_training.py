@@ -323,3 +323,35 @@ def test_hard_mining_scores_what_the_step_got_wrong_and_resumes_its_table(tmp_pa
     assert run(compose("train", common + ["train.budget_steps=3"])) == 0  # two more picks at most
     second = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["hardness"]
     assert second["seen"].all() and (second["score"] == 0.123456).sum() >= len(second["score"]) - 2
+
+
+def test_a_ruined_current_frame_sits_under_a_clean_memory_and_keeps_its_true_mask():
+    """``train.corrupt_current_p``: in clips with a past frame the current frame is degraded (blur,
+    flash, bubbles), its target stays the true mask and the past frames stay clean, so the temporal
+    module learns to carry the polyp through; cold-start clips are left alone (nothing to carry)."""
+    clean = ClipSampler(_samples(), [], size=64, past=2, negative_p=0.2, seed=4).batch(12)
+    ruined = ClipSampler(_samples(), [], size=64, past=2, negative_p=0.2, seed=4, corrupt_p=1.0).batch(12)
+    np.testing.assert_array_equal(clean.images[:, :-1], ruined.images[:, :-1])  # the memory's frames
+    np.testing.assert_array_equal(clean.masks, ruined.masks)
+    np.testing.assert_array_equal(clean.valid, ruined.valid)
+    changed = np.abs(clean.images[:, -1] - ruined.images[:, -1]).mean(axis=(1, 2, 3)) > 1e-3
+    has_past = clean.valid.sum(1) > 0
+    assert has_past.any() and (~has_past).any(), clean.valid  # both kinds in the batch
+    np.testing.assert_array_equal(changed, has_past)
+    with pytest.raises(ValueError, match="corrupt_current_p"):
+        ClipSampler(_samples(), [], size=64, past=2, corrupt_p=1.5)
+
+
+def test_each_corruption_degrades_the_image_and_unknown_kinds_are_refused():
+    from endostream.training.corruptions import KINDS, FrameCorruption
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    img = np.stack([(xx * 2) % 256, (yy * 2) % 256, ((xx + yy) * 3) % 256], -1).astype(np.uint8)
+    c = FrameCorruption(96, seed=0)
+    for kind in KINDS:
+        out = c(img, rng, kind)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(float) - img).mean() > 3, kind
+    with pytest.raises(ValueError, match="unknown corruption"):
+        c(img, rng, "fog")

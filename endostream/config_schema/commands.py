@@ -347,6 +347,10 @@ class TrainConfigTrain(Schema):
     hard_mining: float = Field(0.0,
         description="share of training picks drawn by each image's running K=0 error (1 - Dice) instead of "
                     "uniformly: online hard-example mining (endostream/training/hard_examples.py); 0 = off")
+    corrupt_current_p: float = Field(0.0,
+        description="share of clips with a past frame whose current frame is ruined (motion blur, flash, "
+                    "bubbles: training/corruptions.py) under a clean memory, so the temporal module learns to "
+                    "carry the mask through; 0 = off")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     seed: int = Field(0)

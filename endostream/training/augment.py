@@ -12,7 +12,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def build_augment(size: int, frames: int) -> A.Compose:
+def build_augment(size: int, frames: int, seed: int | None = None) -> A.Compose:
     """Geometric + photometric pipeline to ``size`` x ``size``; zoom-out (scale < 1) makes small
     polyps, colour/gamma/blur/compression stand in for other cameras and hospitals."""
     targets = {}
@@ -36,6 +36,7 @@ def build_augment(size: int, frames: int) -> A.Compose:
             A.ImageCompression(quality_range=(35, 95), p=0.3),
         ],
         additional_targets=targets,
+        seed=seed,  # a sampler's seed makes its batches reproducible
     )
 
 

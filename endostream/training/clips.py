@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from endostream.training.augment import build_augment, camera_motion, warp
+from endostream.training.corruptions import FrameCorruption
 from endostream.training.dataset import Sample
 from endostream.training.endoscope_look import apply_look, draw_look
 from endostream.training.hard_examples import HardnessTable
@@ -55,13 +56,19 @@ def negative_crop(sample: Sample, rng: np.random.Generator) -> Sample | None:
 class ClipSampler:
     def __init__(self, train: list[Sample], negatives: list[Sample], *, size: int, past: int,
                  negative_p: float = 0.12, seed: int = 0, look_p: float = 0.0,
-                 hardness: HardnessTable | None = None) -> None:
+                 hardness: HardnessTable | None = None, corrupt_p: float = 0.0) -> None:
+        if not 0.0 <= corrupt_p <= 1.0:
+            raise ValueError(f"train.corrupt_current_p must be within [0, 1], got {corrupt_p}")
         self.train, self.negatives = train, negatives
+        # share of clips with a past frame whose current frame is degraded (corruptions.py)
+        self.corrupt_p = corrupt_p
+        self.corruption = FrameCorruption(size, seed) if corrupt_p > 0 else None
+        self.corrupt_rng = np.random.default_rng(seed + 1)  # its own draws: the clean clips stay as they were
         self.hardness = hardness  # shared by every sampler of a run; None draws uniformly
         self.look_p = look_p  # scales the other-endoscope looks (endoscope_look.py); 0 = none
         self.size, self.past, self.negative_p = size, past, negative_p
         self.rng = np.random.default_rng(seed)
-        self.augment = build_augment(size, past + 1)
+        self.augment = build_augment(size, past + 1, seed)
         # position of each ClinicDB frame inside its sequence, for real temporal neighbours
         self.prev_index: dict[int, int] = {}
         for i, s in enumerate(train):
@@ -116,6 +123,10 @@ class ClipSampler:
             n_valid = int(self.rng.choice(T + 1, p=_valid_probs(T)))
             if n_valid:
                 valid[b, T - n_valid:] = 1.0
+                if self.corruption is not None and self.corrupt_rng.random() < self.corrupt_p:
+                    # the memory stays clean; the target stays the true mask of the ruined frame
+                    bad = self.corruption(np.ascontiguousarray(seq[-1][0]), self.corrupt_rng)
+                    images[b, -1] = bad[:, :, ::-1].transpose(2, 0, 1) * (1 / 127.5) - 1.0
             cur = seq[-1][1]
             presence[b] = float(not negative and cur.any())
             box[b] = mask_box(cur) if presence[b] else 0.0

@@ -269,7 +269,8 @@ def run(cfg) -> int:
     sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
     samplers = {(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
                                           negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size,
-                                          look_p=float(tc.get("look_p", 0.0)), hardness=hardness)
+                                          look_p=float(tc.get("look_p", 0.0)), hardness=hardness,
+                                          corrupt_p=float(tc.corrupt_current_p))
                 for size in sizes for past in (0, int(tc.past_frames))}
     clip_p = float(tc.get("clip_p", 1.0))
     pick = np.random.default_rng(int(tc.seed) + step)
