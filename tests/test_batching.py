@@ -278,3 +278,36 @@ def test_worker_threads_are_not_leaked(frames) -> None:
     worker = InferenceWorker(_inference(max_batch=2))
     worker.stop()
     assert threading.active_count() == before
+
+
+def test_a_pass_waiting_for_the_call_in_flight_ends_with_that_call(frames) -> None:
+    """``overlay.wait_policy=predicted`` with a model slower than the wait: the pass waits only for
+    the call in flight (it holds the room's previous frame), so the frame comes out when that call
+    ends with its newer mask, long before the deadline and before the frame's own mask; a room not
+    in that call comes out at once."""
+    from types import SimpleNamespace
+
+    from endostream.consumer.deadline import Wait
+
+    worker = InferenceWorker(_inference(max_batch=1, delay_ms=300))
+    try:
+        worker.submit(_frame(frames[0], 0, 0), 1)
+        t_end = time.monotonic() + 5
+        while (busy := worker.inflight()) is None:
+            assert time.monotonic() < t_end, "the first call never started"
+            time.sleep(0.002)
+        assert busy.streams == frozenset({0}) and busy.frames == 1
+        worker.submit_many([(_frame(frames[1], 0, 1), 1), (_frame(frames[2], 1, 0), 1)])
+        msgs = [SimpleNamespace(frame=_frame(frames[1], 0, 1), epoch=1),
+                SimpleNamespace(frame=_frame(frames[2], 1, 0), epoch=1)]
+        wait = Wait(time.monotonic_ns() + 5_000_000_000, busy.call, frozenset({0}))
+        t0, out = time.monotonic(), []
+        for m in worker.in_completion_order(msgs, wait):
+            out.append((m.frame.stream_id, time.monotonic() - t0, worker.latest(m.frame.stream_id)))
+        assert [sid for sid, _, _ in out] == [1, 0]
+        assert out[0][1] < 0.1 and out[0][2] is None  # not in the call: at once (no mask yet)
+        sid, waited, mask = out[1]
+        assert 0.05 < waited < 2.0, waited  # until the call in flight ended, not the 5 s deadline
+        assert mask is not None and mask.seq == 0 and worker.busy  # its newer mask; its own still to come
+    finally:
+        worker.stop()

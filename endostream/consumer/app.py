@@ -179,19 +179,20 @@ class Consumer:
             while not self.stop_requested:
                 self.overlay.controls.poll()
                 msgs = self._admitted(self._newest_frames(), worker)
-                busy_since, busy_n = worker.inflight()  # before our frames: the call they queue behind
+                busy = worker.inflight()  # before our frames: the call they queue behind
                 worker.submit_many([(m.frame, m.epoch) for m in msgs])  # one model call for all streams
                 for m in msgs:
                     self.deadline.note_frame(m.stream_id, m.frame.t_capture_ns)
                 # One deadline for all of them: the streams' masks come from one batched call, so
                 # waiting per stream in turn would multiply the video's delay by the stream count.
                 pass_ns = time.monotonic_ns()
-                deadline_ns = self.deadline.deadline_ns(pass_ns, len(msgs), busy_since, busy_n,
-                                                        [m.stream_id for m in msgs])
+                wait = self.deadline.plan(pass_ns, len(msgs), busy, [m.stream_id for m in msgs])
                 # Each room's frame is shown as soon as its own mask is ready (or at the deadline),
                 # never held behind another room's wait.
-                for msg in worker.in_completion_order(msgs, deadline_ns):
-                    self._live_frame(worker, msg, deadline_ns, pass_ns)
+                for msg in worker.in_completion_order(msgs, wait):
+                    # waiting for the call in flight is done once the frame comes out here
+                    own_until = wait.deadline_ns if wait.inflight_call is None else 0
+                    self._live_frame(worker, msg, own_until, pass_ns)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
                 self._live_ends(worker)

@@ -3,8 +3,12 @@
 ``fixed``: every pass waits up to ``wait_ms`` for its frames' masks. ``predicted``: a pass waits up
 to ``wait_ms`` only when the masks are expected within it: the model's recent call times (the median,
 per batch size) plus what is left of the call in flight. When they are not (several rooms
-share a model slower than the wait, a slow accelerator), waiting would only delay the video by
-``wait_ms`` and still show the older mask, so the frame is shown at once with the newest mask.
+share a model slower than the wait, a slow accelerator), waiting for them would only delay the video
+by ``wait_ms`` and still show an older mask. But the call in flight holds a newer frame of the same
+rooms than any mask they have: when it is expected within the wait, the pass waits for that call
+only (a room's frame is shown the moment its mask arrives), so a model slower than the frame rate
+shows the mask one frame old rather than two (the live demo: a 44 ms call at 25 fps). Otherwise,
+and for rooms not in that call, the frame is shown at once with the newest mask.
 Nor does it wait when the masks would come after the next frame of a stream in the pass is due
 (its frame interval, from the capture times, less a margin for drawing): a pass that outlasts the
 interval makes the receiver replace frames before they are shown, so with several rooms sharing a
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +36,27 @@ INTERVALS = 16  # capture intervals remembered per stream
 DRAW_MARGIN_MS = 5.0  # drawing and writing a pass's frames, taken off the interval
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """The model call being run: when it started, its frame count, its number and its rooms."""
+
+    since_ns: int
+    frames: int
+    call: int
+    streams: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a display pass waits for. ``deadline_ns``: it stops waiting then, whatever came.
+    ``inflight_call``: None waits for the frames' own masks; a call number waits, for the rooms in
+    that call, only until it ends (the rooms not in it are shown at once)."""
+
+    deadline_ns: int
+    inflight_call: int | None = None
+    inflight_streams: frozenset[int] = frozenset()
+
+
 class MaskDeadline:
     def __init__(self, wait_ms: float, policy: str) -> None:
         if policy not in POLICIES:
@@ -41,6 +67,7 @@ class MaskDeadline:
         self._calls: dict[int, deque[float]] = {}
         self._lock = threading.Lock()  # the model's thread records, the display's reads
         self.skipped = 0  # passes shown at once because their masks were not expected in time
+        self.inflight_waits = 0  # passes that waited only for the call in flight (a newer mask)
         self._last_capture: dict[int, int] = {}  # stream -> capture ns of its newest frame seen
         self._intervals: dict[int, deque[float]] = {}
 
@@ -82,31 +109,35 @@ class MaskDeadline:
         b, (median, _) = max(medians.items(), key=lambda item: item[1][1])
         return median * batch / b
 
-    def deadline_ns(self, now_ns: int, batch: int, inflight_ns: int | None = None,
-                    inflight_batch: int = 0, stream_ids: list[int] | None = None) -> int:
-        """When a pass submitted at ``now_ns`` with ``batch`` frames stops waiting. ``inflight_ns``:
-        when the call the model is busy with started (None when idle), of ``inflight_batch``;
-        ``stream_ids``: the pass's streams, whose frame interval bounds the decision."""
+    def plan(self, now_ns: int, batch: int, inflight: InFlight | None = None,
+             stream_ids: list[int] | None = None) -> Wait:
+        """What a pass submitted at ``now_ns`` with ``batch`` frames of ``stream_ids`` waits for;
+        ``inflight``: the call the model is busy with (None when idle), which our frames queue behind."""
         wait_ns = int(self.wait_ms * 1e6)
         if self.policy == "fixed" or wait_ns == 0:
-            return now_ns + wait_ns
+            return Wait(now_ns + wait_ns)
         medians = self._medians()
         own = self.expected_ms(batch, medians)
         if own is None:
-            return now_ns + wait_ns
+            return Wait(now_ns + wait_ns)
         ahead = 0.0
-        if inflight_ns is not None and inflight_batch:
-            busy = self.expected_ms(inflight_batch, medians) or 0.0
-            ahead = max(0.0, busy - (now_ns - inflight_ns) / 1e6)
+        if inflight is not None and inflight.frames:
+            busy = self.expected_ms(inflight.frames, medians) or 0.0
+            ahead = max(0.0, busy - (now_ns - inflight.since_ns) / 1e6)
         limit = self.wait_ms
         interval = self.interval_ms(stream_ids or [])
         if interval is not None:
             limit = min(limit, interval - DRAW_MARGIN_MS)
-        if ahead + own > limit:
-            self.skipped += 1
-            return now_ns
-        return now_ns + wait_ns
+        if ahead + own <= limit:
+            return Wait(now_ns + wait_ns)
+        rooms = inflight.streams & set(stream_ids or []) if inflight is not None else frozenset()
+        if rooms and ahead <= limit:
+            self.inflight_waits += 1
+            return Wait(now_ns + int(max(limit, 0.0) * 1e6), inflight.call, frozenset(rooms))
+        self.skipped += 1
+        return Wait(now_ns)
 
     def as_dict(self) -> dict:
         return {"policy": self.policy, "wait_ms": self.wait_ms, "skipped_passes": self.skipped,
+                "inflight_waits": self.inflight_waits,
                 "expected_ms_batch1": None if (e := self.expected_ms(1)) is None else round(e, 2)}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from endostream.consumer.deadline import InFlight, Wait
 from endostream.consumer.persistence import StreamFilters
 from endostream.consumer.rooms import RoomStats, Timeline, fairness
 from endostream.protocol.ratelog import RateLimitedLog
@@ -335,6 +336,8 @@ class InferenceWorker:
         self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
         self._inflight: set[int] = set()  # streams in the batch being segmented
         self._inflight_ns: int | None = None  # when that batch was picked
+        self._calls = 0  # model calls started; the one in flight has this number
+        self._finished_call = 0  # the number of the last call that ended
         self._resets: set[int] = set()
         # Stream ids come from peers: one limiter over all rooms, so a flood of ids (each
         # missing its first deadline) cannot become one log line per id.
@@ -394,22 +397,30 @@ class InferenceWorker:
                              f"(deadline missed; {room.missed} of {room.frames} frames so far)")
         return result
 
-    def in_completion_order(self, msgs: list[Any], deadline_ns: int) -> Iterator[Any]:
+    def in_completion_order(self, msgs: list[Any], wait: Wait) -> Iterator[Any]:
         """``msgs`` (each with ``.frame`` and ``.epoch``, submitted) in the order their masks
         finish: a room whose mask is ready is shown at once instead of waiting behind another
-        room's frame; at ``deadline_ns`` the rest come in their given order."""
+        room's frame; at ``wait.deadline_ns`` the rest come in their given order. With
+        ``wait.inflight_call`` a room is ready when that call ends (or at once if not in it)."""
         left = list(msgs)
         while left:
             with self._cv:
                 while True:
-                    ready = [m for m in left if not self._waiting(m.frame.stream_id, m.frame.seq, m.epoch)]
-                    left_ns = deadline_ns - time.monotonic_ns()
+                    ready = [m for m in left if self._ready(m, wait)]
+                    left_ns = wait.deadline_ns - time.monotonic_ns()
                     if ready or left_ns <= 0:
                         break
                     self._cv.wait(left_ns / 1e9)
             for m in ready or list(left):
                 left.remove(m)
                 yield m
+
+    def _ready(self, msg: Any, wait: Wait) -> bool:
+        if not self._waiting(msg.frame.stream_id, msg.frame.seq, msg.epoch):
+            return True
+        if wait.inflight_call is None:
+            return False
+        return msg.frame.stream_id not in wait.inflight_streams or self._finished_call >= wait.inflight_call
 
     def _waiting(self, stream_id: int, seq: int, epoch: int) -> bool:
         """Frame ``seq`` is still pending or being segmented (its own mask may yet come)."""
@@ -431,10 +442,12 @@ class InferenceWorker:
             self._resets.add(stream_id)
             self._cv.notify_all()
 
-    def inflight(self) -> tuple[int | None, int]:
-        """When the batch being segmented was picked (None when idle) and how many frames it has."""
+    def inflight(self) -> InFlight | None:
+        """The batch being segmented (None when idle): when picked, its size, number and rooms."""
         with self._cv:
-            return self._inflight_ns, len(self._inflight)
+            if self._inflight_ns is None:
+                return None
+            return InFlight(self._inflight_ns, len(self._inflight), self._calls, frozenset(self._inflight))
 
     @property
     def busy(self) -> bool:
@@ -470,6 +483,8 @@ class InferenceWorker:
                     self._served[sid] = picked_ns
                 self._inflight = set(sids)
                 self._inflight_ns = picked_ns if sids else None
+                self._calls += bool(sids)
+                call = self._calls
             for sid in resets:
                 self.inference.reset(sid)
             if not items:
@@ -477,6 +492,7 @@ class InferenceWorker:
             results = self.inference.run_batch(items, picked_ns, submitted)
             with self._cv:
                 self._inflight, self._inflight_ns = set(), None
+                self._finished_call = call
                 for (frame, epoch, _), result in zip(items, results):
                     sid = frame.stream_id
                     if sid in self._resets or self._newest.get(sid, (epoch,))[0] != epoch:
