@@ -76,13 +76,15 @@ __all__ = ["Consumer", "ConsumerOptions", "Controls", "MaskResult", "ModalitySpe
 
 @dataclass
 class ConsumerOptions:
+    # From configs/overlay (the one place they are defined): live display waits up to wait_ms for a
+    # frame's own mask, by wait_policy (fixed | predicted: consumer/deadline.py)
+    wait_ms: float
+    wait_policy: str
     mode: str = "live"  # live | lossless
     max_frames: int | None = None  # live: frames shown; lossless: frames processed
     idle_timeout_s: float = 30.0  # exit when no message arrived this long
     min_streams: int = 1  # end-of-stream ends the run once this many streams have ended
     stale_ms: float = 500.0
-    wait_ms: float = 0.0  # live display waits up to this for a frame's own mask
-    wait_policy: str = "fixed"  # fixed | predicted: wait only when the mask is expected in time (deadline.py)
     note: str = ""  # extra HUD text
     no_signal_after_ms: float = 1000.0  # a live stream without frames this long is "no signal"
     max_streams: int = MAX_STREAMS  # live: stream ids kept at once (consumer.streams)
