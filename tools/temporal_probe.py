@@ -7,6 +7,12 @@ memory of the frames before it, with the memory reset just before it, and clean.
 flicker of the clean stream (1 - IoU of consecutive masks). Frames of these sequences are
 sparsely sampled (not adjacent 25 fps frames), so this is a lower bound on what memory can do.
 
+A cut (another sequence's frames in the memory, as after a scene change or a stream switched
+to another video) is scored too: each frame with a polyp after two frames of the next sequence,
+against a reset memory; and how alike consecutive frames are (the normalised correlation of 32x32
+grey thumbnails) for neighbours in a sequence and across such a cut: whether a similarity check
+could tell when the memory (or a warm start) does not belong to the frame.
+
     .venv/bin/python tools/temporal_probe.py --weights weights/polyp.pt --steps 1 --out out/temporal.json
 """
 
@@ -53,6 +59,14 @@ def corrupt(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
     raise ValueError(kind)
 
 
+def likeness(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised correlation of two frames' 32x32 grey thumbnails, in [-1, 1]."""
+    ta, tb = (cv2.resize(cv2.cvtColor(x, cv2.COLOR_BGR2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+              .astype(np.float32).ravel() for x in (a, b))
+    ta, tb = ta - ta.mean(), tb - tb.mean()
+    return float(ta @ tb / (np.linalg.norm(ta) * np.linalg.norm(tb) + 1e-6))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="weights/polyp.pt")
@@ -95,10 +109,30 @@ def main() -> None:
                 for it in frames[j - 2:j]:
                     seg.segment(it.image)
                 r["clean_streamed"].append(dice_binary(seg.segment(frames[j].image).mask, frames[j].gt > 0))
+    cut = {"foreign_memory": [], "no_memory": []}
+    alike = {"neighbours": [], "across_cut": []}
+    order = list(seqs)
+    for n, key in enumerate(order):
+        frames, other = seqs[key], seqs[order[(n + 1) % len(order)]]
+        alike["neighbours"] += [likeness(a.image, b.image) for a, b in zip(frames, frames[1:])]
+        for j in range(2, len(frames)):
+            if not frames[j].gt.any():
+                continue
+            seg.reset()
+            for it in other[:2]:
+                seg.segment(it.image)
+            cut["foreign_memory"].append(dice_binary(seg.segment(frames[j].image).mask, frames[j].gt > 0))
+            seg.reset()
+            cut["no_memory"].append(dice_binary(seg.segment(frames[j].image).mask, frames[j].gt > 0))
+            alike["across_cut"].append(likeness(other[1].image, frames[j].image))
     result = {"weights": args.weights, "steps": args.steps, "sequences": len(seqs),
               "flicker_clean": float(np.mean(flick)),
               "corrupted": {k: {m: round(float(np.mean(v)), 4) for m, v in r.items()} | {"frames": len(r["streamed"])}
-                            for k, r in rows.items()}}
+                            for k, r in rows.items()},
+              "cut": {m: round(float(np.mean(v)), 4) for m, v in cut.items()} | {"frames": len(cut["no_memory"])},
+              "likeness": {k: {"min": round(float(np.min(v)), 3), "p5": round(float(np.percentile(v, 5)), 3),
+                               "median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3),
+                               "max": round(float(np.max(v)), 3), "pairs": len(v)} for k, v in alike.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
