@@ -191,9 +191,9 @@ class Consumer:
                 wait = self.deadline.plan(pass_ns, len(msgs), busy, [m.stream_id for m in msgs])
                 # Each room's frame is shown as soon as its own mask is ready (or at the deadline),
                 # never held behind another room's wait.
+                # waiting for the call in flight is done once a frame comes out of in_completion_order
+                own_until = wait.deadline_ns if wait.inflight_call is None else 0
                 for msg in worker.in_completion_order(msgs, wait):
-                    # waiting for the call in flight is done once the frame comes out here
-                    own_until = wait.deadline_ns if wait.inflight_call is None else 0
                     self._live_frame(worker, msg, own_until, pass_ns)
                 if self.rx.stats.messages != last_msgs:
                     last_msgs, last_activity = self.rx.stats.messages, time.monotonic()
