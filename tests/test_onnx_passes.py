@@ -1,4 +1,6 @@
-"""The Pad-into-Conv fold: same outputs, no Pad left, and pads it must not touch are kept."""
+"""The exact graph rewrites: the Pad-into-Conv fold (same outputs, no Pad left, and pads it must
+not touch are kept) and dropping the encode graph's ``feat`` at K=0 (the other outputs unchanged,
+the denoiser's conditioning no longer computed)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from endostream.model.efficientnet_lite import ConvBN
-from endostream.runtime.onnx_passes import fold_pads_into_convs
+from endostream.runtime.onnx_passes import drop_outputs, fold_pads_into_convs
 
 
 class Net(nn.Module):
@@ -83,3 +85,62 @@ def test_encode_spins_only_when_it_runs_alone(steps: int, samples: int, want: st
     spin = lambda s: s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")  # noqa: E731
     assert spin(seg.backend.encode_session) == want
     assert spin(seg.backend.denoise_session) == "0"
+
+
+def test_dropping_feat_leaves_the_other_outputs_exactly_and_removes_what_only_it_needed(tmp_path) -> None:
+    from endostream.model.io import save_weights
+    from endostream.model.network import NetConfig, PolypNet
+    from endostream.runtime.export import export_onnx
+
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64, encoder="efficientnet_lite0", refine_inputs=True))
+    save_weights(net, tmp_path / "m.pt", meta={"trained": False})
+    export_onnx(tmp_path / "m.pt")
+    full = onnx.load(str(tmp_path / "m.encode.onnx"))
+    pruned = onnx.load(str(tmp_path / "m.encode.onnx"))
+    assert drop_outputs(pruned, {"feat"}) > 0
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [o.name for o in pruned.graph.output] == [o.name for o in full.graph.output if o.name != "feat"]
+    # the refinement input (pixel-unshuffle: a 6-D Transpose) and its convolution are gone
+    assert any(n.op_type == "Transpose" for n in full.graph.node)
+    assert not any(n.op_type == "Transpose" for n in pruned.graph.node)
+    assert "net.denoiser.refine.weight" not in {t.name for t in pruned.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.random([d.dim_value or 1 for d in i.type.tensor_type.shape.dim], np.float32)
+             for i in full.graph.input}
+    want = dict(zip([o.name for o in full.graph.output], _run_feeds(full, feeds)))
+    got = dict(zip([o.name for o in pruned.graph.output], _run_feeds(pruned, feeds)))
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, want[name])
+    with pytest.raises(ValueError, match="no output nope"):
+        drop_outputs(onnx.load(str(tmp_path / "m.encode.onnx")), {"nope"})
+
+
+def _run_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("steps,samples,computed", [(0, 0, False), (1, 0, True), (0, 4, True)])
+def test_feat_is_computed_only_where_the_denoiser_runs(backend: str, steps: int, samples: int,
+                                                       computed: bool) -> None:
+    from endostream.inference.segmenter import load_segmenter
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    seg = load_segmenter("weights/polyp.pt", backend=backend, steps=steps, uncertainty_samples=samples, threads=1)
+    seen: list[set[str]] = []
+    encode = seg.backend.encode
+    seg.backend.encode = lambda *a: seen.append(set(out := encode(*a))) or out  # type: ignore[method-assign]
+    frame = np.random.default_rng(1).integers(0, 256, (288, 352, 3), np.uint8)
+    frame[60:200, 100:260] = (60, 90, 200)  # a reddish blob, so the mask is not empty either way
+    got = seg.segment(frame, 0)
+    assert seen and all(("feat" in keys) is computed for keys in seen)
+    if not computed:  # the same mask as the full graph gives
+        full = load_segmenter("weights/polyp.pt", backend=backend, steps=0, threads=1, backend_options={"feat": True})
+        want = full.segment(frame, 0)
+        np.testing.assert_array_equal(got.mask, want.mask)
+        np.testing.assert_allclose(got.prob, want.prob, atol=1e-6)
+        assert got.presence == pytest.approx(want.presence, abs=1e-6)

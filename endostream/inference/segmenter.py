@@ -263,9 +263,13 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
         raise FileNotFoundError(f"weights file not found: {path}")
     # A TensorRT engine's (or EP's) batch profile must cover the batches the worker sends.
     options = {"max_batch": int(max_batch), **dict(backend_options or {})}
-    if backend in ("auto", "onnxruntime") and int(steps) == 0 and int(uncertainty_samples) < 2:
-        # Only the encode graph runs: its threads may spin (ort_backend.session_options).
-        options.setdefault("spin", True)
+    if int(steps) == 0 and int(uncertainty_samples) < 2:
+        # Only the encode graph runs: its threads may spin (ort_backend.session_options), and its
+        # ``feat`` output, the denoiser's input, is never computed (onnx_passes.drop_outputs).
+        if backend in ("auto", "onnxruntime"):
+            options.setdefault("spin", True)
+        if backend in ("auto", "onnxruntime", "openvino"):
+            options.setdefault("feat", False)
     be = create_backend(backend, path, threads=threads, device=device, **options)
     side = read_weights_info(path)  # after the backend: a first use may have just written it
     meta = side.get("meta", {})

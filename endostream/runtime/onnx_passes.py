@@ -8,6 +8,7 @@ five Pad nodes that measured 2.9 of 29 ms per frame at 320 in ONNX Runtime (docs
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,3 +107,35 @@ def fold_pads_into_convs(model: Any) -> int:
     if folded:
         remove_dead_nodes(model)  # the chains that computed the folded amounts
     return len(folded)
+
+
+def drop_outputs(model: Any, names: set[str] | frozenset[str]) -> int:
+    """Remove the graph outputs ``names``, then every node and initializer that only they needed;
+    returns how many nodes went. Exact for the outputs that stay (nothing they read changes).
+
+    At K=0 nobody reads the encode graph's ``feat`` (the denoiser's conditioning), yet a graph
+    output is always computed: its pixel-unshuffle of the full-size image, the 6-D transpose
+    behind it and the refinement convolution cost 2.9-3.5 of 22-24 ms a frame on the AVX2 EPYC
+    (docs/RUNTIME.md)."""
+    graph = model.graph
+    unknown = set(names) - {o.name for o in graph.output}
+    if unknown:
+        raise ValueError(f"graph has no output {', '.join(sorted(unknown))}")
+    keep = [o for o in graph.output if o.name not in names]
+    del graph.output[:]
+    graph.output.extend(keep)
+    removed = remove_dead_nodes(model)
+    used = {i for n in graph.node for i in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return removed
+
+
+def graph_without(path: str | Path, outputs: set[str]) -> bytes:
+    """The ONNX file at ``path`` without ``outputs`` (``drop_outputs``), serialised for a session."""
+    import onnx
+
+    model = onnx.load(str(path))
+    drop_outputs(model, outputs)
+    return model.SerializeToString()

@@ -61,9 +61,16 @@ def resolve_precision(asked: str, caps: CpuCaps, ov_caps: list[str]) -> str:
 class _Graph:
     """One ONNX graph, compiled per batch size, each with its own infer request."""
 
-    def __init__(self, core: Any, path: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, core: Any, path: str | Path, config: dict[str, Any], drop: frozenset[str] = frozenset()) -> None:
         self.core, self.config = core, config
-        self.model = core.read_model(str(path))
+        model = core.read_model(str(path))
+        if drop:  # a model of the other results only: what only the dropped ones needed is never compiled
+            unknown = set(drop) - {o.get_any_name() for o in model.outputs}
+            if unknown:
+                raise ValueError(f"{path} has no output {', '.join(sorted(unknown))}")
+            model = ov.Model([r for r in model.get_results() if not r.output(0).get_names() & set(drop)],
+                             model.get_parameters(), model.get_friendly_name())
+        self.model = model
         self.inputs = tuple(p.get_any_name() for p in self.model.inputs)
         self.outputs = tuple(p.get_any_name() for p in self.model.outputs)
         self._requests: dict[int, Any] = {}
@@ -90,7 +97,7 @@ class OpenVinoBackend:
 
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, config: dict[str, Any], *,
                  threads: int = 2, precision: str = "auto", max_batch: int = 1, pin: bool = False,
-                 caps: CpuCaps | None = None) -> None:
+                 caps: CpuCaps | None = None, feat: bool = True) -> None:
         if ov is None:
             raise RuntimeError("openvino is not installed: pip install openvino")
         core = ov.Core()
@@ -107,7 +114,8 @@ class OpenVinoBackend:
         arith = self.precision if self.precision != "int8" else resolve_precision("auto", self.caps, ov_caps)
         props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[arith], "INFERENCE_NUM_THREADS": max(1, int(threads)),
                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pin)}
-        self._encode = _Graph(core, encode_path, props)
+        # feat=False: as OrtBackend's (K=0: the denoiser's conditioning is never computed)
+        self._encode = _Graph(core, encode_path, props, drop=frozenset() if feat else frozenset({"feat"}))
         self._denoise = _Graph(core, denoise_path, props)
         for batch in range(1, max(1, int(max_batch)) + 1):  # never a compile mid-stream
             self._encode.request(batch)
@@ -120,7 +128,7 @@ class OpenVinoBackend:
     def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
         given = {"image": image, "memory": memory, "valid": valid}
         out = self._encode.run({name: _f32(given[name]) for name in self._encode.inputs})
-        return {k: out[k] for k in ENCODE_OUTPUTS}
+        return {k: out[k] for k in ENCODE_OUTPUTS if k in out}
 
     def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
         feeds = {"feat": _f32(feat), "noisy_mask": _f32(noisy_mask), "t": _f32(np.asarray(t).reshape(-1))}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from endostream.runtime.artifacts import ENCODE_OUTPUTS, cache_dir
+from endostream.runtime.onnx_passes import graph_without
 
 try:
     import onnxruntime as ort
@@ -139,11 +140,13 @@ class OrtBackend:
     ``sidecar`` (the export's JSON) gives the TensorRT EP its profile shapes; ``max_batch`` is
     the largest batch that profile covers (the CPU and CUDA providers take any batch). ``spin``
     lets the encode session's threads spin between operators (see ``session_options``); the
-    denoise session never spins."""
+    denoise session never spins. ``feat=False`` (K=0 without uncertainty samples: nothing runs
+    the denoiser) drops the encode graph's ``feat`` output and all it alone needs
+    (``onnx_passes.drop_outputs``); ``encode`` then returns no ``feat``."""
 
     def __init__(self, encode_path: str | Path, denoise_path: str | Path, config: dict[str, Any], *,
                  threads: int = 2, device: str = "cpu", max_batch: int = 1,
-                 sidecar: dict[str, Any] | None = None, spin: bool = False) -> None:
+                 sidecar: dict[str, Any] | None = None, spin: bool = False, feat: bool = True) -> None:
         if ort is None:
             raise RuntimeError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)")
         order = provider_order(available_providers(), device)
@@ -156,10 +159,12 @@ class OrtBackend:
             opts = provider_options(order, device_id, shapes.get(part), graph_inputs(path) if TRT_EP in order else (),
                                     max_batch)
             so = session_options(threads, spin=bool(spin) and part == "encode")
-            sessions.append(ort.InferenceSession(str(path), so, providers=opts))
+            graph: str | bytes = str(path) if feat or part != "encode" else graph_without(path, {"feat"})
+            sessions.append(ort.InferenceSession(graph, so, providers=opts))
         self.encode_session, self.denoise_session = sessions
         # Feed only what the graph declares (the same temporal-free networks).
         self._encode_inputs = tuple(i.name for i in self.encode_session.get_inputs())
+        self._encode_outputs = tuple(o for o in ENCODE_OUTPUTS if feat or o != "feat")
         self.providers = list(self.encode_session.get_providers())
         if self.providers[0] != order[0]:
             log.warning("onnxruntime: %s did not start, running on %s", order[0], self.providers)
@@ -173,7 +178,7 @@ class OrtBackend:
     def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
         given = {"image": image, "memory": memory, "valid": valid}
         feeds = {name: _f32(given[name]) for name in self._encode_inputs}
-        return dict(zip(ENCODE_OUTPUTS, self.encode_session.run(list(ENCODE_OUTPUTS), feeds)))
+        return dict(zip(self._encode_outputs, self.encode_session.run(list(self._encode_outputs), feeds)))
 
     def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
         feeds = {"feat": _f32(feat), "noisy_mask": _f32(noisy_mask), "t": _f32(np.asarray(t).reshape(-1))}

@@ -18,8 +18,8 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # Options each backend takes; max_batch everywhere (torch and the ORT CPU/CUDA providers take any
 # batch, so there it only sizes the TensorRT EP's profile or nothing at all).
 OPTIONS = {"torch": {"precision", "cuda_graphs", "compile", "max_batch"},
-           "onnxruntime": {"precision", "max_batch", "spin"},
-           "openvino": {"precision", "max_batch", "pin"},
+           "onnxruntime": {"precision", "max_batch", "spin", "feat"},
+           "openvino": {"precision", "max_batch", "pin", "feat"},
            "tensorrt": {"precision", "cuda_graphs", "max_batch", "opt_batch", "engine_cache"}}
 
 
