@@ -44,17 +44,19 @@ def test_forced_flags_replace_the_probe(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @needs_openvino
-def test_without_bf16_units_auto_and_bf16_fall_back_to_float32(monkeypatch: pytest.MonkeyPatch,
+def test_without_bf16_units_auto_and_bf16_fall_back_to_float32(tmp_path, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     from endostream.runtime.registry import create_backend
 
     monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f")
-    assert create_backend("auto", WEIGHTS, threads=1).name == "openvino-fp32"
+    # the shipped INT8 graph would come first under auto (its 7-bit weights run exactly here)
+    no_int8 = _weights_copy(tmp_path, drop_int8=True)
+    assert create_backend("auto", no_int8, threads=1).name == "openvino-fp32"
     with caplog.at_level(logging.WARNING):
         be = create_backend("openvino", WEIGHTS, threads=1, precision="bf16")
     assert be.name == "openvino-fp32" and be.precision == "fp32"
     assert "no bf16 units" in caplog.text
-    assert create_backend("openvino", WEIGHTS, threads=1, precision="auto").name == "openvino-fp32"
+    assert create_backend("openvino", no_int8, threads=1, precision="auto").name == "openvino-fp32"
 
 
 @needs_openvino
@@ -116,8 +118,11 @@ def test_reduced_precision_mask_agrees_with_float32(path: str, val_frames: list[
     backend, options = REDUCED[path]
     if "bf16" in path and not probe().bf16:
         pytest.skip(f"this CPU ({probe().model}) has no bf16 units (avx512_bf16/amx_bf16): {path} would run float32")
-    if "int8" in path and not probe().int8:
-        pytest.skip(f"this CPU ({probe().model}) has no int8 dot-product units (avx512_vnni/avx_vnni/amx_int8)")
+    if "int8" in path:
+        from endostream.runtime.registry import usable_int8
+
+        if usable_int8(WEIGHTS) is None:
+            pytest.skip(f"no current, kept INT8 graph that runs exactly on this CPU ({probe().model})")
     _, ref = _masks("onnxruntime", val_frames)
     name, got = _masks(backend, val_frames, **options)
     assert name == path
@@ -157,18 +162,45 @@ def test_shipped_int8_graph_is_current_and_its_check_names_the_cpu() -> None:
     v = side["validation"]
     assert v["kept"] == (v["drop"] <= MAX_DICE_DROP) and v["dice_int8"] > 0.85, v
     assert v["cpu"]["model"] and isinstance(v["cpu"]["int8_units"], bool), v
-    if v["cpu"]["int8_units"] and not v["cpu"]["forced"]:
-        assert v["kept"], v
+    # 7-bit weights compute the same integers with or without VNNI: the check holds on any x86
+    # CPU, so the shipped graph must have passed it.
+    assert side["calibration"]["weight_bits"] == 7 and v["kept"], (side["calibration"], v)
     assert side["onnx"]["denoise"]["file"] == "polyp.denoise.onnx"  # the float32 denoise graph
 
 
-def _weights_copy(tmp_path, edit_int8_sidecar=None):
-    """The shipped weights and graphs in a folder of their own; optionally edit the INT8 sidecar."""
+def test_shipped_int8_graph_has_7_bit_weights_and_its_first_blocks_float() -> None:
+    """What the sidecar claims, read from the graph: every quantized convolution's weights fit 7
+    bits (no 16-bit sum can saturate without VNNI) and the first two MBConv blocks stay float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    from endostream.runtime.quantize import FLOAT_NODES
+
+    g = onnx.load(str(REPO / "weights" / "polyp.int8.encode.onnx")).graph
+    init = {t.name: t for t in g.initializer}
+    made_by = {o: n for n in g.node for o in n.output}
+    quantized = float_convs = 0
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        src = made_by.get(conv.input[1])
+        if src is not None and src.op_type == "DequantizeLinear":
+            w = numpy_helper.to_array(init[src.input[0]])
+            assert w.dtype == np.int8 and w.min() >= -64 and w.max() <= 64, (conv.name, w.min(), w.max())
+            assert not conv.name.startswith(FLOAT_NODES), conv.name
+            quantized += 1
+        else:
+            assert conv.input[1] in init and numpy_helper.to_array(init[conv.input[1]]).dtype == np.float32
+            float_convs += conv.name.startswith(FLOAT_NODES)
+    assert quantized >= 40 and float_convs >= 4, (quantized, float_convs)
+
+
+def _weights_copy(tmp_path, edit_int8_sidecar=None, drop_int8: bool = False):
+    """The shipped weights and graphs in a folder of their own; optionally edit the INT8 sidecar
+    or leave the INT8 graph out."""
     import json
     import shutil
 
     for p in (REPO / "weights").glob("polyp.*"):
-        if not p.name.startswith("polyp.fp16"):
+        if not p.name.startswith("polyp.fp16") and not (drop_int8 and p.name.startswith("polyp.int8")):
             shutil.copy(p, tmp_path / p.name)
     if edit_int8_sidecar is not None:
         side_path = tmp_path / "polyp.int8.json"
@@ -187,7 +219,7 @@ def _auto_path() -> str:
 
 
 @needs_openvino
-def test_int8_is_used_only_where_current_kept_and_the_cpu_has_the_units(
+def test_int8_is_used_only_where_current_kept_and_exact_on_the_cpu(
         tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from endostream.runtime.registry import create_backend
 
@@ -195,11 +227,18 @@ def test_int8_is_used_only_where_current_kept_and_the_cpu_has_the_units(
     weights = _weights_copy(tmp_path, lambda side: side["validation"].update(kept=True, drop=0.002))
     monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_bf16 avx512_vnni")
     assert create_backend("openvino", weights, threads=1).name == "openvino-int8"
-    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_bf16")  # bf16 units, no int8 dot products
-    assert create_backend("openvino", weights, threads=1).name == _auto_path()
-    with caplog.at_level(logging.WARNING):  # asked by name: it runs, and says it will be slow
-        assert create_backend("openvino", weights, threads=1, precision="int8").name == "openvino-int8"
-    assert "without int8 dot-product units" in caplog.text
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma")  # no int8 dot products: the 7-bit graph still runs exactly
+    assert create_backend("openvino", weights, threads=1).name == "openvino-int8"
+    (tmp_path / "eight").mkdir()  # a graph with 8-bit weights (before 2026-12-07's last round)
+    eight = _weights_copy(tmp_path / "eight", lambda side: side.update(
+        validation={**side["validation"], "kept": True, "drop": 0.002},
+        calibration={**side["calibration"], "weight_bits": 8}))
+    assert create_backend("openvino", eight, threads=1).name == _auto_path()  # its sums would saturate
+    with caplog.at_level(logging.WARNING):  # asked by name: it runs, and says what it loses
+        assert create_backend("openvino", eight, threads=1, precision="int8").name == "openvino-int8"
+    assert "without int8 dot-product units" in caplog.text and "saturate" in caplog.text
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma avx512f avx512_vnni")  # with VNNI the 8-bit graph is exact
+    assert create_backend("openvino", eight, threads=1).name == "openvino-int8"
 
 
 @needs_openvino

@@ -4,7 +4,7 @@
 
 Paths: ONNX Runtime float32 (the shipped session: spinning encode at K=0), OpenVINO float32,
 OpenVINO bf16 (where the CPU has bf16 units; elsewhere it is reported as skipped), OpenVINO INT8
-(the calibrated encode graph, ``endostream export precision=int8``, where the CPU has VNNI/AMX-INT8). For each:
+(the calibrated encode graph, ``endostream export precision=int8``, where ``auto`` would run it). For each:
 the encode graph alone at batch 1 on real preprocessed frames, and the whole K=0
 ``Segmenter.segment`` call (preprocess, encode, postprocess) on the same frames. Every
 iteration runs every path once, in an order rotated each iteration, so a background job slowing
@@ -38,6 +38,10 @@ from endostream.runtime.cpu_caps import choose_cpu_path, has_openvino, probe  # 
 
 PATHS = {"ort-fp32": ("onnxruntime", {}), "openvino-fp32": ("openvino", {"precision": "fp32"}),
          "openvino-bf16": ("openvino", {"precision": "bf16"}), "openvino-int8": ("openvino", {"precision": "int8"})}
+# --with-feat: the float32 paths once more with the encode graph's ``feat`` output computed, as
+# before K=0 dropped it (onnx_passes.drop_outputs): the before/after of that rewrite.
+WITH_FEAT = {"ort-fp32+feat": ("onnxruntime", {"feat": True}),
+             "openvino-fp32+feat": ("openvino", {"precision": "fp32", "feat": True})}
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -80,7 +84,10 @@ def main() -> int:
     ap.add_argument("--dice", action="store_true", help="also the validation Dice of each path (endostream eval)")
     ap.add_argument("--max-dice-drop", type=float, default=0.003)
     ap.add_argument("--steps", type=int, nargs="+", default=[0], help="K values, each path at each K, interleaved")
+    ap.add_argument("--with-feat", action="store_true", help="also the float32 paths computing feat at K=0")
     args = ap.parse_args()
+    if args.with_feat:
+        PATHS.update(WITH_FEAT)
     caps = probe()
     segs, skipped = {}, {}
     for name, (backend, opts) in PATHS.items():
@@ -93,11 +100,9 @@ def main() -> int:
         if name.endswith("int8"):
             from endostream.runtime.registry import usable_int8
 
-            if not caps.int8:
-                skipped[name] = f"no int8 dot-product units on this CPU ({caps.model})"
-                continue
-            if usable_int8(args.weights, asked="int8") is None:
-                skipped[name] = f"no current, kept INT8 graph: endostream export weights={args.weights} precision=int8"
+            if usable_int8(args.weights) is None:  # what auto would run here
+                skipped[name] = (f"no current, kept INT8 graph exact on this CPU ({caps.model}): "
+                                 f"endostream export weights={args.weights} precision=int8")
                 continue
         for k in args.steps:
             key = name if args.steps == [0] else f"{name}@K{k}"

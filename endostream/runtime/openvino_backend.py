@@ -7,9 +7,9 @@ float32; the plugin converts inside). ``precision``: ``auto`` (bf16 where ``cpu_
 units and OpenVINO reports BF16, else f32), ``bf16`` (falls back to f32 with a warning where the
 units are absent, so a config written on one machine runs on another), ``fp32``, or ``int8``: the
 registry then hands over the calibrated QDQ encode graph (``runtime.quantize``), whose int8 layers
-OpenVINO runs with its int8 kernels (VNNI / AMX-INT8) and the rest as ``auto``. Under ``auto`` the
-registry picks the INT8 graph where it is current, kept by its validation check and the CPU has
-int8 dot-product units (``registry.usable_int8``).
+OpenVINO runs with its int8 kernels (VNNI / AMX-INT8, or AVX2 / AVX-512 without them: the weights
+are 7-bit, so those cannot saturate) and the rest as ``auto``. Under ``auto`` the registry picks the
+INT8 graph where it is current and kept by its validation check (``registry.usable_int8``).
 
 One compiled model per batch size 1..``max_batch``, each with a static shape, all compiled when
 the backend is built (about 0.5 s each): a static graph ran 15-20 % faster than one dynamic-batch

@@ -9,6 +9,15 @@ the INT8 graph and of float32, and ``kept`` when the drop is within ``MAX_DICE_D
 ``auto`` CPU path uses the INT8 graph only where that record says kept, the graph matches the
 weights, and the processor has int8 dot-product units (``cpu_caps``).
 
+Weights are 7-bit (ONNX Runtime's ``reduce_range``): on x86 CPUs without VNNI, int8 convolutions
+sum pairs of u8 x s8 products into 16 bits (``vpmaddubsw``), which overflows and saturates with
+8-bit weights (255 x 127 x 2 > 32767); with 7-bit weights (255 x 64 x 2 < 32767) it cannot, so
+the graph computes the same integers on AVX2, AVX-512 and VNNI/AMX and a check on one of them holds
+on the others. The first two MBConv blocks (``FLOAT_NODES``) stay float32: measured on the sixth
+generation, quantizing everything lost 0.0053 validation Dice, leaving block 0 float 0.0030,
+blocks 0 and 1 0.0015 (the stem, the neck, the heads or the temporal module left float changed
+nothing: docs/RUNTIME.md).
+
 Calibration frames: ClinicDB training sequences (every third one, 10 consecutive frames each,
 so the temporal memory input is real) and Kvasir training stills; never a validation frame.
 OpenVINO runs the QDQ graph with int8 kernels (``openvino_backend``); ONNX Runtime can run it
@@ -29,6 +38,8 @@ from endostream.runtime.artifacts import check_artifacts, graph_paths
 log = logging.getLogger(__name__)
 
 MAX_DICE_DROP = 0.003  # validation mean Dice a reduced-precision path may lose against float32
+WEIGHT_BITS = 7  # saturation-free on every x86 int8 path (module docstring)
+FLOAT_NODES = ("/encoder/blocks.0/", "/encoder/blocks.1/")  # node-name prefixes left float32
 
 
 def calibration_feeds(weights: str | Path, data_root: str | Path, *, sequences_every: int = 3,
@@ -71,10 +82,17 @@ def _read(cv2: Any, path: Path) -> np.ndarray:
     return img
 
 
-def quantize_encode(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """QDQ INT8 copy of the float32 encode graph: per-channel int8 weights, uint8 activations
-    with ranges from ``feeds`` (MinMax). Written atomically."""
+def quantize_encode(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *, weight_bits: int = WEIGHT_BITS,
+                    float_nodes: tuple[str, ...] = FLOAT_NODES, method: str = "minmax") -> list[str]:
+    """QDQ INT8 copy of the float32 encode graph: per-channel 7-bit weights, uint8 activations
+    with ranges from ``feeds`` (MinMax), the ``FLOAT_NODES`` left float32. Written atomically;
+    returns the names of the nodes left float. The keywords are for measuring other choices
+    (``tools/int8_variants.py``): ``weight_bits`` 7 or 8, node-name prefixes left float, and the
+    calibration ``method`` (minmax, percentile at 99.999, entropy)."""
     import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -89,9 +107,19 @@ def quantize_encode(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) ->
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / dst.name
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        left = [n.name for n in onnx.load(str(pre)).graph.node if float_nodes and n.name.startswith(float_nodes)]
+        if float_nodes and not left:
+            raise RuntimeError(f"no node of {src} is named {' or '.join(float_nodes)}*: the graph's names changed")
+        if weight_bits not in (7, 8):
+            raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
+        calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                 "entropy": CalibrationMethod.Entropy}[method]
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=weight_bits == 7, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=left, calibrate_method=calib,
+                        extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
         out.replace(dst)
+    return left
 
 
 def validation_dice(seg: Any, data_root: str | Path) -> float:
@@ -104,7 +132,7 @@ def validation_dice(seg: Any, data_root: str | Path) -> float:
     return round((r["kvasir"]["dice@0.5"] + r["clinicdb"]["dice@0.5"]) / 2, 5)
 
 
-def _int8_segmenter(paths: dict[str, Path], side: dict[str, Any], threads: int) -> Any:
+def int8_segmenter(paths: dict[str, Path], side: dict[str, Any], threads: int) -> Any:
     """The INT8 graph on OpenVINO, built directly: the registry would refuse it until the check
     below has been recorded as kept."""
     from endostream.inference.segmenter import Segmenter
@@ -123,22 +151,24 @@ def export_int8(weights: str | Path, data_root: str | Path, out_dir: str | Path 
                            f"(run `endostream export weights={weights}` first)")
     src, dst = graph_paths(weights, out_dir), graph_paths(weights, out_dir, "int8")
     feeds = calibration_feeds(weights, data_root, threads=threads)
-    quantize_encode(src["encode"], dst["encode"], feeds)
+    left_float = quantize_encode(src["encode"], dst["encode"], feeds)
     side = {**fp32, "precision": "int8",
             "onnx": {"encode": {"file": dst["encode"].name, "sha256": file_sha256(dst["encode"])},
                      "denoise": dict(fp32["onnx"]["denoise"])},
             "calibration": {"frames": len(feeds), "sources": "ClinicDB training sequences (every third, 10 "
                             "consecutive frames) and Kvasir training stills", "method": "MinMax, QDQ, "
-                            "per-channel int8 weights, uint8 activations (onnxruntime.quantization)"}}
+                            f"per-channel {WEIGHT_BITS}-bit weights, uint8 activations (onnxruntime.quantization)",
+                            "weight_bits": WEIGHT_BITS, "float_nodes": list(FLOAT_NODES),
+                            "float_node_count": len(left_float)}}
     from endostream.inference.segmenter import load_segmenter
 
     ref = validation_dice(load_segmenter(str(weights), backend="onnxruntime", steps=0, warm_start=False,
                                          threads=threads), data_root)
-    got = validation_dice(_int8_segmenter(dst, side, threads), data_root)
+    got = validation_dice(int8_segmenter(dst, side, threads), data_root)
     from endostream.runtime.cpu_caps import probe
 
-    # The check means most on a CPU with int8 dot-product units (where auto would run the graph):
-    # without them OpenVINO's INT8 kernels lose accuracy of their own, so the record names the CPU.
+    # With 7-bit weights the int8 layers compute the same integers with or without VNNI; the
+    # float layers run bf16 where the CPU has the units, so the record still names the CPU.
     side["validation"] = {"dice_fp32": ref, "dice_int8": got, "drop": round(ref - got, 5),
                           "max_drop": MAX_DICE_DROP, "kept": ref - got <= MAX_DICE_DROP,
                           "measured_with": "openvino int8 vs onnxruntime float32, K=0, validation split",

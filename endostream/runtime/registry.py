@@ -62,14 +62,13 @@ def resolve_graphs(weights: str | Path, precision: str = "fp32") -> tuple[dict[s
 
 def usable_int8(weights: str | Path, asked: str = "auto") -> dict[str, Any] | None:
     """The INT8 graphs of ``weights`` (paths and sidecar) where OpenVINO may run them: exported
-    from these weights, their validation check kept, and (for ``auto``) a processor with int8
-    dot-product units. Else None, with one line saying why when INT8 was asked for by name or the
-    graph is there but stale (``auto`` on a machine without the units stays quiet)."""
+    from these weights, their validation check kept, and (for ``auto``) a processor on which they
+    compute what the check measured: int8 dot-product units (VNNI, AMX), or any x86 CPU where the
+    weights are 7-bit (``quantize.WEIGHT_BITS``: no 16-bit sums to saturate). Else None, with one
+    line saying why when INT8 was asked for by name or the graph is there but stale."""
     from endostream.runtime.cpu_caps import probe
 
     caps = probe()
-    if asked == "auto" and not caps.int8:
-        return None
     side, reason = check_artifacts(weights, precision="int8")
     why = reason if side is None else ("" if (side.get("validation") or {}).get("kept") else
                                        f"its validation check was not kept ({side.get('validation')})")
@@ -78,9 +77,19 @@ def usable_int8(weights: str | Path, asked: str = "auto") -> dict[str, Any] | No
             log.warning("openvino int8 unusable: %s; running the auto precision instead (bf16 where the CPU has "
                         "the units; endostream export weights=%s precision=int8)", why, weights)
         return None
-    if asked == "int8" and not caps.int8:
-        log.warning("openvino int8 on a CPU without int8 dot-product units (%s): it runs, slowly", caps.model)
+    exact = caps.int8 or saturation_free(side)
+    if asked == "auto" and not exact:
+        return None  # an 8-bit-weight graph without VNNI: its sums saturate; bf16 / float32 instead
+    if not exact:
+        log.warning("openvino int8 with 8-bit weights on a CPU without int8 dot-product units (%s): its sums "
+                    "saturate and the masks lose accuracy (re-run endostream export weights=%s precision=int8 "
+                    "for 7-bit weights)", caps.model, weights)
     return {**graph_paths(weights, precision="int8"), "sidecar": side}
+
+
+def saturation_free(side: dict[str, Any]) -> bool:
+    """Whether an INT8 sidecar's weights are 7-bit (``runtime.quantize``): exact on any x86 int8 path."""
+    return int((side.get("calibration") or {}).get("weight_bits", 8)) <= 7
 
 
 def auto_choice(nvidia_gpu: bool, has_tensorrt: bool, has_torch: bool, ort_providers: list[str],
