@@ -258,3 +258,23 @@ def test_int8_that_failed_its_check_or_is_stale_falls_back_in_one_line(
     with caplog.at_level(logging.WARNING):  # new weights, old INT8 graph: said even under auto
         assert create_backend("openvino", stale, threads=1).name == _auto_path()
     assert "int8 unusable" in caplog.text and "precision=int8" in caplog.text
+
+
+@needs_openvino
+def test_openvino_keeps_compiled_models_in_the_cache_or_says_it_cannot(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted consumer reads its compiled graphs back instead of compiling them again; a
+    cache folder that cannot be made costs only that, in one line."""
+    from endostream.runtime.registry import create_backend
+
+    monkeypatch.setenv("ENDOSTREAM_CACHE", str(tmp_path / "cache"))
+    be = create_backend("openvino", WEIGHTS, threads=1, precision="fp32")
+    assert be.cache == tmp_path / "cache" / "openvino"
+    assert any(p.stat().st_size > 100_000 for p in be.cache.iterdir())  # a compiled blob
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ENDOSTREAM_CACHE", str(tmp_path / "a-file"))
+    with caplog.at_level(logging.WARNING):
+        be = create_backend("openvino", WEIGHTS, threads=1, precision="fp32")
+    assert be.cache is None and "no compiled-model cache" in caplog.text
+    assert be.encode(np.zeros((1, 3, 320, 320), np.float32), np.zeros((1, 2, 64, 20, 20), np.float32),
+                     np.zeros((1, 2), np.float32))["aux_logits"].shape[0] == 1
