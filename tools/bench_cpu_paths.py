@@ -1,6 +1,7 @@
 """Latency of each CPU inference path, measured back to back in one process, interleaved.
 
     python tools/bench_cpu_paths.py [--weights weights/polyp.pt] [--threads 2] [--iters 200] [--out out/cpu_paths.json]
+                                    [--steps 0 1] [--dice] [--with-feat]
 
 Paths: ONNX Runtime float32 (the shipped session: spinning encode at K=0), OpenVINO float32,
 OpenVINO bf16 (where the CPU has bf16 units; elsewhere it is reported as skipped), OpenVINO INT8

@@ -114,9 +114,9 @@ def drop_outputs(model: Any, names: set[str] | frozenset[str]) -> int:
     returns how many nodes went. Exact for the outputs that stay (nothing they read changes).
 
     At K=0 nobody reads the encode graph's ``feat`` (the denoiser's conditioning), yet a graph
-    output is always computed: its pixel-unshuffle of the full-size image, the 6-D transpose
-    behind it and the refinement convolution cost 2.9-3.5 of 22-24 ms a frame on the AVX2 EPYC
-    (docs/RUNTIME.md)."""
+    output is always computed: its pixel-unshuffle of the full-size image (a 6-D transpose) and
+    the refinement convolution; without them the segment call's p50 went from 26.5 to 21.8 ms with
+    ONNX Runtime and from 25.3 to 24.0 ms with OpenVINO on the AVX2 EPYC (docs/RUNTIME.md)."""
     graph = model.graph
     unknown = set(names) - {o.name for o in graph.output}
     if unknown:
