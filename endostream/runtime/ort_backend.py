@@ -164,7 +164,7 @@ class OrtBackend:
         self.encode_session, self.denoise_session = sessions
         # Feed only what the graph declares (the same temporal-free networks).
         self._encode_inputs = tuple(i.name for i in self.encode_session.get_inputs())
-        self._encode_outputs = tuple(o for o in ENCODE_OUTPUTS if feat or o != "feat")
+        self._encode_outputs = [o for o in ENCODE_OUTPUTS if feat or o != "feat"]  # the run's list, built once
         self.providers = list(self.encode_session.get_providers())
         if self.providers[0] != order[0]:
             log.warning("onnxruntime: %s did not start, running on %s", order[0], self.providers)
@@ -178,7 +178,7 @@ class OrtBackend:
     def encode(self, image: np.ndarray, memory: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
         given = {"image": image, "memory": memory, "valid": valid}
         feeds = {name: _f32(given[name]) for name in self._encode_inputs}
-        return dict(zip(self._encode_outputs, self.encode_session.run(list(self._encode_outputs), feeds)))
+        return dict(zip(self._encode_outputs, self.encode_session.run(self._encode_outputs, feeds)))
 
     def denoise(self, feat: Any, noisy_mask: Any, t: np.ndarray) -> np.ndarray:
         feeds = {"feat": _f32(feat), "noisy_mask": _f32(noisy_mask), "t": _f32(np.asarray(t).reshape(-1))}

@@ -7,7 +7,8 @@ small and stays float32: the sidecar's denoise entry names the float32 file. The
 records the validation check: mean Dice (Kvasir and ClinicDB at 0.5, K=0, as the model card) of
 the INT8 graph and of float32, and ``kept`` when the drop is within ``MAX_DICE_DROP``. The
 ``auto`` CPU path uses the INT8 graph only where that record says kept, the graph matches the
-weights, and the processor has int8 dot-product units (``cpu_caps``).
+weights, and the processor computes it exactly: any x86 CPU for 7-bit weights, only one with int8
+dot-product units (``cpu_caps``) for 8-bit ones (``registry.usable_int8``).
 
 Weights are 7-bit (ONNX Runtime's ``reduce_range``): on x86 CPUs without VNNI, int8 convolutions
 sum pairs of u8 x s8 products into 16 bits (``vpmaddubsw``), which overflows and saturates with
@@ -92,10 +93,14 @@ def quantize_encode(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *,
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import CalibrationMethod
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
+    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+             "entropy": CalibrationMethod.Entropy}[method]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -107,13 +112,9 @@ def quantize_encode(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *,
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / dst.name
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        left = [n.name for n in onnx.load(str(pre)).graph.node if float_nodes and n.name.startswith(float_nodes)]
+        left = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(float_nodes)] if float_nodes else []
         if float_nodes and not left:
             raise RuntimeError(f"no node of {src} is named {' or '.join(float_nodes)}*: the graph's names changed")
-        if weight_bits not in (7, 8):
-            raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
-        calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                 "entropy": CalibrationMethod.Entropy}[method]
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=weight_bits == 7, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=left, calibrate_method=calib,
