@@ -355,3 +355,14 @@ def test_each_corruption_degrades_the_image_and_unknown_kinds_are_refused():
         assert np.abs(out.astype(float) - img).mean() > 3, kind
     with pytest.raises(ValueError, match="unknown corruption"):
         c(img, rng, "fog")
+
+
+def test_bf16_step_runs_the_sampler_inputs_in_bf16_too():
+    """train.bf16 with timesteps=sampler: the second-step input is built by the denoiser on bf16
+    features (it once met float32 weights outside autocast and stopped the run at its first step)."""
+    torch.manual_seed(0)
+    net = PolypNet(NetConfig(input_size=64))
+    batch = ClipSampler(_samples(), [], size=64, past=2, negative_p=0.0, seed=2).batch(4)
+    stats = train_step(net, None, torch.optim.SGD(net.parameters(), lr=1e-3), None, batch, MaskScheduler(),
+                       bf16=True, timesteps="sampler", second_step_p=1.0, gen=torch.Generator().manual_seed(5))
+    assert np.isfinite(stats["mask"]) and np.isfinite(stats["aux"])

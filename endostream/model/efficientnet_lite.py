@@ -92,16 +92,15 @@ class EfficientNetLite(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown EfficientNet variant {variant!r}; expected one of {sorted(VARIANTS)}")
-        width, depth = VARIANTS[variant]
+        width, _ = VARIANTS[variant]
         self.variant = variant
         self.stem = ConvBN(3, 32, 3, 2)
         blocks: list[nn.Module] = []
         taps: list[int] = []  # index of the last block at each of strides 4, 8, 16, 32
         stride = 2
-        for i, (r, k, s, e, cin, cout) in enumerate(_STAGES):
+        for i, ((_, k, s, e, cin, cout), reps) in enumerate(zip(_STAGES, stage_repeats(variant))):
             cin = 32 if i == 0 else _round_filters(cin, width)
             cout = _round_filters(cout, width)
-            reps = r if i in (0, len(_STAGES) - 1) else int(math.ceil(depth * r))
             if s == 2 and blocks:
                 taps.append(len(blocks) - 1)
             stride *= s
@@ -134,6 +133,12 @@ class EfficientNetLite(nn.Module):
         if self.head is None:
             raise RuntimeError("built without the ImageNet classifier (classifier=False)")
         return self.fc(self.head(self.forward(x)[-1]).mean(dim=(2, 3)))
+
+
+def stage_repeats(variant: str) -> list[int]:
+    """MBConv blocks per stage of ``variant`` (the first and last stage are not deepened in "lite")."""
+    _, depth = VARIANTS[variant]
+    return [r if i in (0, len(_STAGES) - 1) else int(math.ceil(depth * r)) for i, (r, *_) in enumerate(_STAGES)]
 
 
 def _last_out(block: MBConv) -> int:

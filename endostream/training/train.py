@@ -26,6 +26,7 @@ from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
+from endostream.training.grow import grow_from
 from endostream.training.hard_examples import HardnessTable, sample_hardness
 from endostream.training.losses import (MASK_LOSSES, FrameDiscriminator, box_l1, discriminator_loss,
                                         generator_adv_loss)
@@ -77,7 +78,9 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     with amp:
         out = model.encode_frame(cur, memory, valid)
     if diffusion and timesteps == "sampler":
-        x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen, zero_noise=zero_noise)
+        with amp:  # its no-grad first step runs the denoiser on bf16 features when bf16 is on
+            x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen, zero_noise=zero_noise)
+            x_t = x_t.float()
         with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
     elif diffusion:
@@ -169,10 +172,16 @@ def init_from_weights(model: PolypNet, path: str | Path) -> dict:
     Every layer is size-agnostic (convolutions, pooling, resizes), so only the input size may
     differ: that is how a network trained at 256 is fine-tuned at 320."""
     init, meta = load_weights(path)
-    free = {"input_size": 0, "refine_inputs": False}
+    free = {"input_size": 0, "refine_inputs": False, "encoder": ""}
     if {**init.cfg.to_dict(), **free} != {**model.cfg.to_dict(), **free}:
         raise ValueError(f"init_weights {path}: its network config differs from model.* "
-                         "(only model.input_size and model.refine_inputs may change)")
+                         "(only model.input_size, model.refine_inputs and a deeper model.encoder may change)")
+    if init.cfg.encoder != model.cfg.encoder:  # e.g. Lite0 -> Lite1, starting from the same function
+        if init.cfg.refine_inputs != model.cfg.refine_inputs:
+            raise ValueError(f"init_weights {path}: grow the encoder or add refinement inputs, not both at once")
+        new = grow_from(model, init)
+        print(f"grew {init.cfg.encoder} into {model.cfg.encoder}: {len(new)} new blocks {new}, each starting as the identity")
+        return meta
     missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
     # Adding refinement inputs adds one zero-initialised convolution; nothing else may be missing.
     stray = [k for k in missing if not k.startswith("denoiser.refine.")] + list(unexpected)
