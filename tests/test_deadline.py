@@ -88,3 +88,38 @@ def test_a_model_slower_than_the_wait_still_waits_for_the_newer_mask_in_flight()
     assert both.inflight_call == 7 and both.inflight_streams == frozenset({0})
     fixed = MaskDeadline(30, "fixed")
     assert fixed.plan(30 * MS, 1, mine, [0]) == Wait(60 * MS)  # fixed waits for the own mask
+
+
+def test_several_rooms_do_not_wait_on_a_model_without_spare_time() -> None:
+    """overlay.max_model_load: four rooms at 25 fps whose batch-of-four call (22 ms) fits the wait
+    and the interval, but takes more than half of the 40 ms interval: every pass is shown at once
+    (and counted); a cheaper call (15 ms) still waits; one room is never held to the rule."""
+    d = MaskDeadline(30, "predicted", max_load=0.5)
+    for _ in range(MIN_CALLS):
+        d.record(4, 22.0)
+        d.record(1, 22.0)
+    for k in range(5):
+        for s in range(4):
+            d.note_frame(s, k * 40 * MS + s * 10 * MS)
+    assert d.plan(0, 4, stream_ids=[0, 1, 2, 3]) == Wait(0)
+    assert d.plan(0, 2, stream_ids=[1, 2]) == Wait(0)  # a pass with two of them: the model's load is all four's
+    assert d.busy_skips == 2 and d.skipped == 2
+    one = MaskDeadline(30, "predicted", max_load=0.5)  # one room sending: the whole wait, whatever the call
+    for _ in range(MIN_CALLS):
+        one.record(1, 22.0)
+    for k in range(5):
+        one.note_frame(0, k * 40 * MS)
+    assert one.plan(0, 1, stream_ids=[0]).deadline_ns == 30 * MS and one.busy_skips == 0
+    off = MaskDeadline(30, "predicted")  # no rule: the same pass waits
+    for _ in range(MIN_CALLS):
+        off.record(4, 22.0)
+    for k in range(5):
+        for s in range(4):
+            off.note_frame(s, k * 40 * MS + s * 10 * MS)
+    assert off.plan(0, 4, stream_ids=[0, 1, 2, 3]).deadline_ns == 30 * MS
+    for _ in range(64):
+        d.record(4, 15.0)  # the model got cheaper: 15 < 0.5 x 40
+    assert d.plan(0, 4, stream_ids=[0, 1, 2, 3]).deadline_ns == 30 * MS and d.busy_skips == 2
+    assert d.as_dict()["busy_skips"] == 2
+    with pytest.raises(ValueError, match="max_model_load"):
+        MaskDeadline(30, "predicted", max_load=0)

@@ -265,6 +265,8 @@ def _consume_cfg(cfg: Any, tb: dict[str, Any], work: Path, modality: str) -> Any
         c.overlay.wait_ms = float(cfg.wait_ms)
     if cfg.get("wait_policy") is not None:
         c.overlay.wait_policy = str(cfg.wait_policy)
+    if cfg.get("max_model_load") is not None:
+        c.overlay.max_model_load = float(cfg.max_model_load) if float(cfg.max_model_load) > 0 else None
     for spec in c.sink.values():  # file sinks write into the scratch folder
         if isinstance(spec, dict) or OmegaConf.is_dict(spec):
             for key in ("path", "folder"):

@@ -152,6 +152,8 @@ class BenchConfig(Schema):
         description="the consumer's overlay.wait_ms (same-frame masks); null keeps configs/overlay")
     wait_policy: Optional[Literal['fixed', 'predicted']] = Field(None,
         description="the consumer's overlay.wait_policy; null keeps configs/overlay")
+    max_model_load: Optional[float] = Field(None,
+        description="the consumer's overlay.max_model_load (0 or less: the rule off); null keeps configs/overlay")
     clock: BenchConfigClock = Field(default_factory=BenchConfigClock)
     compare: BenchConfigCompare = Field(default_factory=BenchConfigCompare)
 

@@ -97,6 +97,7 @@ class Overlay(Schema):
     stale_ms: Annotated[float, annotated_types.Ge(0)]
     wait_ms: Annotated[float, annotated_types.Ge(0)]
     wait_policy: Literal["fixed", "predicted"]
+    max_model_load: Optional[Annotated[float, annotated_types.Gt(0)]]
     no_model_for: list[Text]
     persistence: Persistence
 

@@ -80,6 +80,7 @@ class ConsumerOptions:
     # frame's own mask, by wait_policy (fixed | predicted: consumer/deadline.py)
     wait_ms: float
     wait_policy: str
+    max_model_load: float | None = None  # several rooms: no wait once the model's call exceeds this share of the interval
     mode: str = "live"  # live | lossless
     max_frames: int | None = None  # live: frames shown; lossless: frames processed
     idle_timeout_s: float = 30.0  # exit when no message arrived this long
@@ -99,7 +100,7 @@ class Consumer:
         self.rx, self.router, self.overlay, self.sinks = receiver, router, overlay, sinks
         self.records, self.opt = records, options
         self.tel = Telemetry()
-        self.deadline = MaskDeadline(options.wait_ms, options.wait_policy)  # live: the own-mask wait
+        self.deadline = MaskDeadline(options.wait_ms, options.wait_policy, options.max_model_load)  # live: the own-mask wait
         self.inference = Inference(router, delay_ms=infer_delay_ms,
                                    record=lambda row: records.write("inference", row), filters=filters,
                                    on_call=self.deadline.record)
@@ -510,6 +511,8 @@ def build(cfg: Any, *, on_record: RecordCallback | None = None) -> tuple[Consume
                            stale_ms=float(cfg.overlay.stale_ms), note=str(cfg.get("note") or ""),
                            wait_ms=float(cfg.overlay.get("wait_ms") or 0),
                            wait_policy=str(cfg.overlay.wait_policy),
+                           max_model_load=(None if cfg.overlay.get("max_model_load") is None
+                                           else float(cfg.overlay.max_model_load)),
                            no_signal_after_ms=float(cfg.get("no_signal_after_ms") or 1000.0),
                            max_streams=int(setting(tcfg, "max_streams", MAX_STREAMS)))
     consumer = Consumer(receiver, router, overlay, sinks, records, opts,
