@@ -186,3 +186,17 @@ def test_a_flood_of_stream_ids_missing_their_deadlines_logs_a_bounded_number_of_
     lines = [r for r in caplog.records if "shown without its own mask" in r.getMessage()]
     assert 1 <= len(lines) <= 2, len(lines)
     assert all(worker.inference.room(sid).missed == 1 for sid in (0, 499))
+
+
+def test_several_rooms_do_not_wait_on_a_busy_model(tmp_path) -> None:
+    """Two rooms and a model call of over 30 ms (more than half of the 40 ms between a room's
+    frames): with ``overlay.max_model_load=0.5`` (the default) the passes are shown at once and
+    counted as busy skips; without the rule none is skipped for that reason."""
+    waits = {}
+    for name, load in (("rule", "0.5"), ("off", "null")):
+        s, _ = run_rooms(tmp_path / name, 2, 60, "overlay.wait_ms=60", "infer_delay_ms=30",
+                         f"overlay.max_model_load={load}")
+        waits[name] = s["same_frame"]
+    assert waits["rule"]["max_model_load"] == 0.5 and waits["off"]["max_model_load"] is None, waits
+    assert waits["rule"]["busy_skips"] >= waits["rule"]["frames"] // 4, waits
+    assert waits["off"]["busy_skips"] == 0, waits
