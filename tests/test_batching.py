@@ -311,3 +311,23 @@ def test_a_pass_waiting_for_the_call_in_flight_ends_with_that_call(frames) -> No
         assert mask is not None and mask.seq == 0 and worker.busy  # its newer mask; its own still to come
     finally:
         worker.stop()
+
+
+def test_rooms_always_waiting_share_the_calls_alike_whatever_their_phase(frames) -> None:
+    """Three rooms, two frames a call, every room's newest frame always pending and always
+    captured in the same order (room 0 first: its phase in the interval): each room gets a third
+    of the slots. Breaking ties by the oldest frame alone gave room 0 every call and the others
+    half of them."""
+    inf = _inference(max_batch=2, delay_ms=30)
+    worker = InferenceWorker(inf)
+    seq = 0
+    try:
+        while inf.total_processed < 36:
+            seq += 1
+            worker.submit_many([(_frame(frames[(sid + seq) % len(frames)], sid, seq), 1) for sid in range(3)])
+            time.sleep(0.01)
+        _wait_idle(worker)
+    finally:
+        worker.stop()
+    counts = [inf.processed.get((sid, 1), 0) for sid in range(3)]
+    assert min(counts) >= 0.8 * max(counts), counts

@@ -331,6 +331,7 @@ class InferenceWorker:
         self._cv = threading.Condition()
         self._pending: dict[int, tuple[Frame, int, int]] = {}  # stream -> (frame, epoch, submitted ns)
         self._served: dict[int, int] = {}  # stream -> when its last frame was picked (fair share)
+        self._passed: dict[int, int] = {}  # stream -> picks it waited through unpicked (fair share's tie-break)
         self._newest: dict[int, tuple[int, int]] = {}  # stream -> (epoch, newest seq submitted)
         self._latest: dict[int, MaskResult] = {}
         self._done: dict[int, tuple[int, int]] = {}  # stream -> (epoch, seq) of its last finished frame
@@ -439,6 +440,7 @@ class InferenceWorker:
             self._newest.pop(stream_id, None)
             self._done.pop(stream_id, None)
             self._served.pop(stream_id, None)
+            self._passed.pop(stream_id, None)
             self._resets.add(stream_id)
             self._cv.notify_all()
 
@@ -472,9 +474,14 @@ class InferenceWorker:
                 resets, self._resets = self._resets, set()
                 cap = max(1, self.inference.max_batch)
                 # Fair share when more rooms wait than one call takes: the room served longest
-                # ago goes first (then the oldest frame), so every room's mask rate is alike.
-                sids = sorted(self._pending, key=lambda s: (self._served.get(s, 0),
+                # ago goes first; among rooms served by the same call, the one passed over most
+                # often, then the oldest frame. (The oldest frame alone favoured the rooms whose
+                # frames come first in each interval: five rooms on four-frame calls got 15.6 to
+                # 24.3 masks/s, docs/BENCH.md.)
+                sids = sorted(self._pending, key=lambda s: (self._served.get(s, 0), -self._passed.get(s, 0),
                                                              self._pending[s][0].t_capture_ns))[:cap]
+                for sid in self._pending.keys() - set(sids):
+                    self._passed[sid] = self._passed.get(sid, 0) + 1
                 picked_ns = time.monotonic_ns()
                 taken = [self._pending.pop(sid) for sid in sids]
                 items = [(frame, epoch, self._newest[frame.stream_id][1]) for frame, epoch, _ in taken]
