@@ -215,7 +215,8 @@ def _auto_path() -> str:
     also OpenVINO's own BF16 report on the real CPU (an AVX2-only EPYC has none)."""
     import openvino as ov
 
-    return "openvino-bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "openvino-fp32"
+    real = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "openvino-bf16" if real and probe().bf16 else "openvino-fp32"
 
 
 @needs_openvino
@@ -278,3 +279,23 @@ def test_openvino_keeps_compiled_models_in_the_cache_or_says_it_cannot(
     assert be.cache is None and "no compiled-model cache" in caplog.text
     assert be.encode(np.zeros((1, 3, 320, 320), np.float32), np.zeros((1, 2, 64, 20, 20), np.float32),
                      np.zeros((1, 2), np.float32))["aux_logits"].shape[0] == 1
+
+
+@needs_openvino
+def test_int8_float_layers_run_float32_even_with_bf16_units() -> None:
+    """The INT8 graph's float layers (blocks 0-1, the denoise graph) run float32 on a CPU with bf16
+    units too: the arithmetic export's check scored, so its verdict holds on every CPU (in bf16 they
+    cost the AMX Xeon 0.0011 Dice that no check had seen); bf16 asked for by name still runs bf16."""
+    from endostream.runtime.artifacts import graph_paths
+    from endostream.runtime.openvino_backend import OpenVinoBackend
+
+    amx = CpuCaps("Intel(R) Xeon(R) Processor", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                           "amx_tile", "amx_bf16", "amx_int8"}))
+    int8 = graph_paths(WEIGHTS, precision="int8")
+    be = OpenVinoBackend(int8["encode"], int8["denoise"], {}, threads=1, precision="int8", caps=amx)
+    assert be.name == "openvino-int8"
+    assert be._encode.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert be._denoise.config["INFERENCE_PRECISION_HINT"] == "f32"
+    fp32 = graph_paths(WEIGHTS)
+    bf16 = OpenVinoBackend(fp32["encode"], fp32["denoise"], {}, threads=1, precision="bf16", caps=amx)
+    assert bf16._encode.config["INFERENCE_PRECISION_HINT"] == "bf16"

@@ -110,9 +110,11 @@ class OpenVinoBackend:
         # off here: a pinned thread cannot move off a core that the display or another process
         # holds (live pipeline on the loaded 2-core machine, encoder p50 20.2 ms pinned vs 14.2 ms
         # not, docs/RUNTIME.md).
-        # INT8: the quantized layers run int8; what stays float (the QDQ graph's other ops) runs bf16
-        # where the units are, else float32.
-        arith = self.precision if self.precision != "int8" else resolve_precision("auto", self.caps, ov_caps)
+        # INT8: the quantized layers run int8 and what stays float (blocks 0-1, the QDQ graph's other
+        # ops, the denoise graph) float32 on every CPU: the arithmetic export's check scored, so its
+        # verdict holds wherever the graph runs. In bf16 they cost the AMX Xeon 0.0011 more Dice
+        # (0.8837 against 0.8848, the same as the AVX2 EPYC's) for 0.3 ms (docs/RUNTIME.md).
+        arith = self.precision if self.precision != "int8" else "fp32"
         props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[arith], "INFERENCE_NUM_THREADS": max(1, int(threads)),
                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pin)}
         # feat=False: as OrtBackend's (K=0: the denoiser's conditioning is never computed)
