@@ -366,3 +366,16 @@ def test_bf16_step_runs_the_sampler_inputs_in_bf16_too():
     stats = train_step(net, None, torch.optim.SGD(net.parameters(), lr=1e-3), None, batch, MaskScheduler(),
                        bf16=True, timesteps="sampler", second_step_p=1.0, gen=torch.Generator().manual_seed(5))
     assert np.isfinite(stats["mask"]) and np.isfinite(stats["aux"])
+
+
+def test_a_step_stopped_from_outside_counts_as_a_slow_step_not_the_stop():
+    """The time budget counts wall time per step; a step during which the process was stopped
+    (SIGSTOP for an idle benchmark) counts at most three recent medians, while a machine that
+    gets slower for good is followed within a few steps."""
+    from endostream.training.step_clock import CAP, StepClock
+
+    clock = StepClock()
+    assert [clock.count(4.0) for _ in range(6)] == [4.0] * 6
+    assert clock.count(300.0) == CAP * 4.0  # a 5-minute stop inside one step
+    slower = [clock.count(16.0) for _ in range(12)]  # the machine becomes 4x slower for good
+    assert slower[0] == CAP * 4.0 and slower[-1] == 16.0

@@ -28,6 +28,7 @@ from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
 from endostream.training.grow import grow_from
 from endostream.training.hard_examples import HardnessTable, sample_hardness
+from endostream.training.step_clock import StepClock
 from endostream.training.losses import (MASK_LOSSES, FrameDiscriminator, box_l1, discriminator_loss,
                                         generator_adv_loss)
 from endostream.training.validate import false_alarms, load_eval_items, validate
@@ -317,6 +318,7 @@ def run(cfg) -> int:
         writer.writerow(["step", "minutes", "lr", "total", "mask", "aux", "presence", "box", "predict", "adv", "disc",
                          "imgs_per_s", "val_kvasir", "val_clinicdb", "val_mean"])
     last_val = last_ck = elapsed
+    clock = StepClock()
     # Augmentation (OpenCV, releases the GIL) for the next batch overlaps this step's compute.
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(next_batch)
@@ -338,7 +340,7 @@ def run(cfg) -> int:
                             hardness=hardness)
         if ema is not None:
             ema.update_parameters(model)
-        dt = time.time() - ts
+        dt = clock.count(time.time() - ts)  # a step stopped from outside counts as a slow step, not the stop
         elapsed += dt
         step += 1
         bar.update((step if budget_steps > 0 else int(elapsed)) - bar.n)
