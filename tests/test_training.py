@@ -74,7 +74,7 @@ def test_init_weights_may_change_only_the_input_size(tmp_path):
     assert init_from_weights(bigger, tmp_path / "w.pt")["minutes"] == 3.0
     for (k, a), b in zip(src.state_dict().items(), bigger.state_dict().values()):
         assert torch.equal(a, b), k
-    with pytest.raises(ValueError, match="only model.input_size and model.refine_inputs may change"):
+    with pytest.raises(ValueError, match="only model.input_size, model.refine_inputs and a deeper model.encoder may change"):
         init_from_weights(PolypNet(NetConfig(input_size=64, neck_channels=32)), tmp_path / "w.pt")
 
 
