@@ -154,6 +154,11 @@ class LiveFeed:
             self._items.clear()
             self._n_frames = 0
 
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the reader thread to end; whether it has."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     # ---- reader thread
     def _put(self, item: FeedItem) -> None:
         with self._cond:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -84,6 +85,7 @@ class StopSignals:
             self._in_source = False
 
 
+READER_EXIT_WAIT_S = 1.0  # at exit, how long a network reader may take to end before the process leaves without it
 NOBODY_FIRST_S = 3.0    # no consumer has taken a frame this long after the first: say so...
 NOBODY_REPEAT_S = 30.0  # ...and again this often while that lasts
 
@@ -306,4 +308,13 @@ def run(cfg) -> int:
                                    drain_timeout_s=float(cfg.transport.lossless.drain_timeout_s))
     summary["mode"] = cfg.transport.mode
     print(json.dumps(summary))
+    if not frames.reader_stopped(timeout_s=READER_EXIT_WAIT_S):
+        # A network reader still blocked inside FFmpeg (it ends at its read timeout) must not see
+        # the interpreter shut down around it: that crashed the process (SIGSEGV) after a clean
+        # run. Everything is sent, acknowledged where asked and printed: leave now.
+        log.info("the network reader is still waiting in FFmpeg; exiting without it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

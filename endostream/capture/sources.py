@@ -85,6 +85,7 @@ class FrameSource(Iterator[Frame]):
         self.stream_id, self.stats, self.on_lost = stream_id, stats, on_lost
         self.live = False
         self._frames: Iterator[Frame] = iter(())
+        self._feed: LiveFeed | None = None  # a network stream's reader thread
 
     def _start(self, frames: Iterator[Frame], *, live: bool) -> FrameSource:
         self._frames, self.live = frames, live
@@ -96,6 +97,12 @@ class FrameSource(Iterator[Frame]):
     def close(self) -> None:
         """Stop reading (closes the file or network stream)."""
         self._frames.close()
+
+    def reader_stopped(self, timeout_s: float) -> bool:
+        """After ``close``: whether a network stream's reader thread has ended (waiting up to
+        ``timeout_s``); a file or folder has none. A read blocked in FFmpeg ends only at its
+        read timeout."""
+        return self._feed is None or self._feed.join(timeout_s)
 
 
 def open_source(
@@ -171,8 +178,8 @@ def open_source(
         reader = _VideoReader(uri, gt=gt, max_side=max_side, timeout_s=open_timeout_s,
                               read_timeout_s=read_timeout_s, options=options, stats=source.stats)
         if reader.live:
-            feed = LiveFeed(reader.frames, uri=uri, reconnect=True if reconnect is None else bool(reconnect),
-                            max_backoff_s=reconnect_max_backoff_s, stats=source.stats)
+            feed = source._feed = LiveFeed(reader.frames, uri=uri, reconnect=True if reconnect is None else bool(reconnect),
+                                           max_backoff_s=reconnect_max_backoff_s, stats=source.stats)
             hold_ms = DEFAULT_JITTER_MS if jitter_buffer_ms is None else float(jitter_buffer_ms)
             return source._start(_live(feed, JitterBuffer(hold_ms / 1000), source, **common), live=True)
         rate = fps or reader.fps
