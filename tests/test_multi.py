@@ -31,6 +31,8 @@ def test_multi_bench_reports_every_stream_and_the_batching(tmp_path) -> None:
             assert sum(st[key] for st in v["streams"].values()) == v[key], key
         assert v["inference_batch"]["calls"] > 0 and v["inference_batch"]["mean"] >= 1.0
         assert set(v["ratios"]) >= {"fps", "model_fps", "mask_p99"}
+        sf = v["same_frame"]  # the busy-model rule's setting and count reach the report
+        assert sf["max_model_load"] == 0.5 and 0 <= sf["busy_skips"] <= sf["skipped_passes"], sf
     assert variants["b1"]["inference_batch"]["max"] == 1  # max_batch=1: the unbatched consumer
     assert variants["b2"]["inference_batch"]["max"] <= 2
     assert report["inference_batch"] == variants["b2"]["inference_batch"] and "streams" in report

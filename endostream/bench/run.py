@@ -141,7 +141,9 @@ def _merge_same_frame(runs: list[RunResult]) -> dict[str, Any]:
     waited = sum(float(p.get("mean_wait_ms") or 0) * int(p.get("frames") or 0) for p in parts)
     return {"policy": next((p.get("policy") for p in parts if p), None),
             "wait_ms": next((p.get("wait_ms") for p in parts if p), None),
+            "max_model_load": next((p.get("max_model_load") for p in parts if p), None),
             "skipped_passes": sum(int(p.get("skipped_passes") or 0) for p in parts),
+            "busy_skips": sum(int(p.get("busy_skips") or 0) for p in parts),
             "inflight_waits": sum(int(p.get("inflight_waits") or 0) for p in parts), "frames": frames, "met": met,
             "missed": frames - met,
             "met_rate": round(met / frames, 4) if frames else None,
