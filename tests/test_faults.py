@@ -94,9 +94,9 @@ def test_live_consumer_killed_and_restarted_producer_never_blocks(tmp_path, proc
 
 def test_lossless_consumer_killed_repeatedly_loses_and_duplicates_nothing(tmp_path, procs, clip_dir):
     kills = int(os.environ.get("ENDOSTREAM_KILLS", "3"))
-    # Enough frames that every kill lands inside the stream: on a fast CPU (the AMX Xeon) a consumer
-    # got through 30 frames within its three lives, the third acknowledged the end of the stream
-    # and was killed before exiting, and the last one, told nothing more, left on its idle timeout.
+    # Enough frames that every kill lands inside the stream: on a fast CPU (the AMX Xeon) the killed
+    # consumers got through all 30 frames and the end of the stream before the last kill, and the
+    # last one, told nothing more, left on its idle timeout.
     # (The end of a stream is acknowledged, not journalled: a consumer restarted after it can only
     # time out; the frames are all there.)
     n = max(90, 20 * kills)
