@@ -16,10 +16,10 @@ slow model the video would stall. One room keeps the whole ``wait_ms`` for a cal
 than usual: only the decision uses the interval, not the length of the wait.
 With several rooms sending, ``max_load`` (``overlay.max_model_load``) also stops the wait when the
 model is busy: when a call on one frame of every room is expected to take more than that share of
-the frame interval, every pass is shown at once with the newest masks. Waiting on a model with little spare time holds the
-display loop, the next frames queue in the receiver, and both the video and the masks come later
-(four rooms on the AMX Xeon, 2026-12-07: waiting up to 30 ms gave video p99 74.8 ms and mask age p99
-106.2 ms; showing at once gave 17.0 and 57.6 ms, every frame still segmented; docs/BENCH.md).
+the frame interval, every pass is shown at once with the newest masks. Waiting on a model with
+little spare time holds the display loop, the next frames queue in the receiver, and both the video
+and the masks come later (four rooms on the AMX Xeon, 2026-12-07, without / with the rule: video p99
+63.8 / 14.7 ms, mask age p99 93.7 / 90.3 ms, 22.0-24.6 / 25.0-25.1 masks/s a room; docs/BENCH.md).
 The missed deadline is counted either way (``same_frame``, per room).
 """
 
@@ -137,9 +137,9 @@ class MaskDeadline:
         interval = self.interval_ms(stream_ids or [])
         if interval is not None:
             limit = min(limit, interval - DRAW_MARGIN_MS)
-            rooms = len(self._intervals)  # the streams sending now, whichever this pass holds
-            if self.max_load is not None and rooms > 1:
-                load = (self.expected_ms(rooms, medians) or 0.0) / interval
+            sending = len(self._intervals)  # the streams sending now, whichever this pass holds
+            if self.max_load is not None and sending > 1:
+                load = (self.expected_ms(sending, medians) or 0.0) / interval
                 if load > self.max_load:
                     self.skipped += 1
                     self.busy_skips += 1

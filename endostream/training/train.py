@@ -28,9 +28,9 @@ from endostream.training.clips import ClipBatch, ClipSampler
 from endostream.training.dataset import Splits, load_splits
 from endostream.training.grow import grow_from
 from endostream.training.hard_examples import HardnessTable, sample_hardness
-from endostream.training.step_clock import StepClock
 from endostream.training.losses import (MASK_LOSSES, FrameDiscriminator, box_l1, discriminator_loss,
                                         generator_adv_loss)
+from endostream.training.step_clock import StepClock
 from endostream.training.validate import false_alarms, load_eval_items, validate
 
 DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv": 0.01}
@@ -79,10 +79,8 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     with amp:
         out = model.encode_frame(cur, memory, valid)
     if diffusion and timesteps == "sampler":
-        with amp:  # its no-grad first step runs the denoiser on bf16 features when bf16 is on
+        with amp:  # the sampler's no-grad first step runs the denoiser on the same (bf16) features
             x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen, zero_noise=zero_noise)
-            x_t = x_t.float()
-        with amp:
             out["logits"] = model.denoise(out["feat"], x_t, t.float())
     elif diffusion:
         x_t, t = _noisy_mask(masks, valid, sched, prev_mask_p, gen)
