@@ -170,8 +170,9 @@ def test_udp_mpegts_through_the_produce_command_and_sigint_ends_it(tmp_path):
     with LiveReceiver("tcp://127.0.0.1:*") as rx:
         log = open(tmp_path / "produce.log", "w")
         prod = subprocess.Popen(
+            # a read timeout far beyond the run: at exit the reader is surely still blocked in FFmpeg
             cli("produce", "source=network", f"source.uri=udp://127.0.0.1:{port}",
-                f"transport.endpoint={rx.endpoint}", "source.open_timeout_s=120"),
+                f"transport.endpoint={rx.endpoint}", "source.open_timeout_s=120", "source.read_timeout_s=120"),
             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
             wait_for(lambda: bound(port, "udp") or prod.poll() is not None, 120, "the producer to listen")
@@ -194,6 +195,9 @@ def test_udp_mpegts_through_the_produce_command_and_sigint_ends_it(tmp_path):
             prod.kill()
             log.close()
     assert prod.returncode == 0, (tmp_path / "produce.log").read_text()[-2000:]
+    # ...and the process left without waiting for it (letting the interpreter shut down around a
+    # thread inside FFmpeg once crashed the producer with SIGSEGV after a clean stop)
+    assert "exiting without it" in (tmp_path / "produce.log").read_text()
     summary = json.loads(out.strip().splitlines()[-1])
     print(f"udp: camera sent {sent}, producer got {summary['frames']}, consumer showed {len(w.shown)}")
     assert summary["stopped_by"] == "SIGINT" and summary["peer_accepted"]
