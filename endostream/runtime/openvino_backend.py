@@ -113,7 +113,7 @@ class OpenVinoBackend:
         # INT8: the quantized layers run int8 and what stays float (blocks 0-1, the QDQ graph's other
         # ops, the denoise graph) float32 on every CPU: the arithmetic export's check scored, so its
         # verdict holds wherever the graph runs. In bf16 they cost the AMX Xeon 0.0011 more Dice
-        # (0.8837 against 0.8848, the same as the AVX2 EPYC's) for 0.3 ms (docs/RUNTIME.md).
+        # (0.8837 against 0.8848, the same as the AVX2 EPYC's) for about 0.4 ms (tools/int8_float_precision.py).
         arith = self.precision if self.precision != "int8" else "fp32"
         props = {"INFERENCE_PRECISION_HINT": _OV_TYPE[arith], "INFERENCE_NUM_THREADS": max(1, int(threads)),
                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pin)}
