@@ -55,3 +55,26 @@ def test_growing_wider_or_changing_two_things_is_refused():
                                          "refine_inputs": not shallow.cfg.refine_inputs}))
     with pytest.raises(ValueError, match="not both"):
         init_from_weights(wide, WEIGHTS)
+
+
+def test_a_resized_denoiser_starts_afresh_on_the_unchanged_trained_network():
+    trained, _ = load_weights(WEIGHTS)
+    cfg = {**trained.cfg.to_dict(), "denoiser_hidden": 32, "denoiser_dilations": [1, 2, 4, 8]}
+    resized = PolypNet(NetConfig.from_dict(cfg))
+    init_from_weights(resized, WEIGHTS)
+    assert len(resized.denoiser.blocks) == 4 and resized.denoiser.out.in_channels == 32
+    trained.eval(), resized.eval()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    memory, valid = trained.empty_memory(1)
+    memory = memory[..., :8, :8]
+    with torch.no_grad():
+        a, b = trained.encode_frame(x, memory, valid), resized.encode_frame(x, memory, valid)
+    # Everything but the denoiser is the trained network's: the K=0 mask and the heads are unchanged.
+    for key in ("aux_logits", "presence_logit", "box", "memory_out"):
+        assert torch.equal(a[key], b[key]), key
+    assert b["feat"].shape[1] == 32
+    # The denoiser's size may not change together with anything else.
+    both = PolypNet(NetConfig.from_dict({**cfg, "encoder": "efficientnet_lite1"}))
+    with pytest.raises(ValueError, match="alone"):
+        init_from_weights(both, WEIGHTS)

@@ -277,6 +277,9 @@ class TrainConfigModel(Schema):
     temporal: bool = Field(True)
     refine_inputs: bool = Field(True,
         description="the denoiser also sees the K=0 mask and the full-resolution image (fifth generation)")
+    denoiser_hidden: int = Field(24, description="the denoiser's channels; another size than init_weights' "
+                                 "starts the denoiser afresh on the trained network (K=0 unchanged)")
+    denoiser_dilations: list[int] = Field([1, 2, 4], description="one FiLM block of the denoiser per entry")
 
 
 class TrainConfigTrainLossWeights(Schema):

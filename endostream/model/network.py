@@ -26,6 +26,7 @@ class NetConfig:
     neck_channels: int = 64  # FPN width; also the temporal memory's channels
     feat_channels: int = 48  # stride-4 features the denoiser reuses at every step
     denoiser_hidden: int = 24  # 0.21 GFLOP per step at 256: K steps stay cheap next to the encoder
+    denoiser_dilations: tuple[int, ...] = (1, 2, 4)  # one FiLM block per entry (its receptive field)
     memory_frames: int = 2  # T past frames kept per stream (bounded memory; configurable)
     num_train_steps: int = 1000
     mask_scale: float = 1.0
@@ -38,7 +39,7 @@ class NetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
         d = dict(d)
-        for key in ("widths", "blocks"):
+        for key in ("widths", "blocks", "denoiser_dilations"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -94,8 +95,8 @@ class PolypNet(nn.Module):
         self.neck = Neck(c, widths)
         self.aux_head = nn.Conv2d(c.feat_channels, 1, 1)
         self.heads = GlobalHeads(widths[3])
-        self.denoiser = Denoiser(c.feat_channels, c.denoiser_hidden, num_train_steps=c.num_train_steps,
-                                 refine_inputs=c.refine_inputs)
+        self.denoiser = Denoiser(c.feat_channels, c.denoiser_hidden, dilations=tuple(c.denoiser_dilations),
+                                 num_train_steps=c.num_train_steps, refine_inputs=c.refine_inputs)
         # Training-only generator of the Diff-VPS auxiliary task (not exported).
         self.frame_predictor = FramePredictor(c.neck_channels) if c.temporal else None
 

@@ -171,10 +171,23 @@ def init_from_weights(model: PolypNet, path: str | Path) -> dict:
     Every layer is size-agnostic (convolutions, pooling, resizes), so only the input size may
     differ: that is how a network trained at 256 is fine-tuned at 320."""
     init, meta = load_weights(path)
-    free = {"input_size": 0, "refine_inputs": False, "encoder": ""}
+    free = {"input_size": 0, "refine_inputs": False, "encoder": "", "denoiser_hidden": 0, "denoiser_dilations": ()}
     if {**init.cfg.to_dict(), **free} != {**model.cfg.to_dict(), **free}:
-        raise ValueError(f"init_weights {path}: its network config differs from model.* "
-                         "(only model.input_size, model.refine_inputs and a deeper model.encoder may change)")
+        raise ValueError(f"init_weights {path}: its network config differs from model.* (only model.input_size, "
+                         "model.refine_inputs, the denoiser's size and a deeper model.encoder may change)")
+    resized = (init.cfg.denoiser_hidden, tuple(init.cfg.denoiser_dilations)) != (
+        model.cfg.denoiser_hidden, tuple(model.cfg.denoiser_dilations))
+    if resized:  # a denoiser of another size starts afresh on the trained network (K=0 is unchanged)
+        if init.cfg.encoder != model.cfg.encoder or init.cfg.refine_inputs != model.cfg.refine_inputs:
+            raise ValueError(f"init_weights {path}: resize the denoiser alone, not with other changes")
+        state = {k: v for k, v in init.state_dict().items() if not k.startswith("denoiser.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        stray = [k for k in missing if not k.startswith("denoiser.")] + list(unexpected)
+        if stray:
+            raise ValueError(f"init_weights {path}: keys do not match the network: {stray[:5]}")
+        print(f"denoiser resized (hidden {init.cfg.denoiser_hidden} -> {model.cfg.denoiser_hidden}, dilations "
+              f"{tuple(init.cfg.denoiser_dilations)} -> {tuple(model.cfg.denoiser_dilations)}): it starts afresh")
+        return meta
     if init.cfg.encoder != model.cfg.encoder:  # e.g. Lite0 -> Lite1, starting from the same function
         if init.cfg.refine_inputs != model.cfg.refine_inputs:
             raise ValueError(f"init_weights {path}: grow the encoder or add refinement inputs, not both at once")
