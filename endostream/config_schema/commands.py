@@ -358,6 +358,8 @@ class TrainConfigTrain(Schema):
                     "carry the mask through; 0 = off")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
+    device: Text = Field('cpu', description="cpu | cuda[:i] (a GPU machine: tools/gpu_train.sh)")
+    loader_threads: Annotated[int, annotated_types.Ge(1)] = Field(1, description="augmentation threads preparing batches ahead (a GPU needs several)")
     seed: int = Field(0)
     bf16: bool = Field(False,
         description="no native bf16 on this CPU (no AVX512-BF16/AMX): it measured slower")

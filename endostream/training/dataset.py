@@ -20,6 +20,20 @@ from endostream.inference.preprocess import find_fov
 
 VAL_CLINIC_SEQUENCES = (3, 7, 11, 15, 19, 23)  # 6 of 24 sequences, spread over the set
 VAL_KVASIR_COUNT = 90
+# The datasets ship JPEG (Kvasir) and PNG (ClinicDB, laparoscopy); a pack for a GPU machine
+# (tools/pack_training_data.py) holds WebP. A stem's file is found whatever its suffix.
+IMAGE_SUFFIXES = (".jpg", ".png", ".webp")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images in ``folder`` (any of IMAGE_SUFFIXES), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def file_for(folder: Path, stem: str) -> Path:
+    """``folder/stem.<suffix>`` for the first suffix present (the JPEG name when none is)."""
+    return next((folder / f"{stem}{x}" for x in IMAGE_SUFFIXES if (folder / f"{stem}{x}").is_file()),
+                folder / f"{stem}.jpg")
 
 
 @dataclass
@@ -76,13 +90,14 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val
         raise FileNotFoundError(f"no kvasir-seg under {root}: pass data.root=<path to shared/data>")
     splits = Splits()
     kv = root / "kvasir-seg"
-    ids = sorted(p.stem for p in (kv / "images").glob("*.jpg"))
+    ids = sorted(p.stem for p in image_files(kv / "images"))
     val_ids = set(np.random.default_rng(seed).permutation(ids)[:VAL_KVASIR_COUNT].tolist())
     for i in ids:
         if val_only and i not in val_ids:
             continue
-        img, m = _load(kv / "images" / f"{i}.jpg", kv / "masks" / f"{i}.jpg", cache_size)
-        s = Sample(i, "kvasir", img, m, original_path=str(kv / "images" / f"{i}.jpg"), mask_path=str(kv / "masks" / f"{i}.jpg"))
+        ip, mp = file_for(kv / "images", i), file_for(kv / "masks", i)
+        img, m = _load(ip, mp, cache_size)
+        s = Sample(i, "kvasir", img, m, original_path=str(ip), mask_path=str(mp))
         (splits.val if i in val_ids else splits.train).append(s)
     for fid, seq, ip, mp in clinicdb_rows(root / "cvc-clinicdb"):
         if val_only and seq not in VAL_CLINIC_SEQUENCES:
@@ -95,7 +110,7 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val
     if val_only:
         return splits
     lap = root / "laparoscopy" / "cholec-instance-seg-sample"
-    for p in sorted((lap / "images").glob("*.png")):
+    for p in image_files(lap / "images"):
         img, m = _load(p, None, cache_size)
         splits.negatives.append(Sample(p.stem, "negative", img, m, original_path=str(p)))
     return splits

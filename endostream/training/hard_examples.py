@@ -54,4 +54,4 @@ class HardnessTable:
 
 def sample_hardness(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     """1 - soft Dice per sample of (B,1,H,W) logits against {0,1} targets, in [0, 1]."""
-    return soft_dice_error(logits.detach(), target).clamp(0, 1).numpy()
+    return soft_dice_error(logits.detach(), target).clamp(0, 1).float().cpu().numpy()

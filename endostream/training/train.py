@@ -11,6 +11,7 @@ import csv
 import math
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,22 +53,23 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     mask outputs (``MASK_LOSSES``). ``hardness`` receives each sample's K=0 error (hard-example mining)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     seg_loss = MASK_LOSSES[mask_loss]
+    dev = next(model.parameters()).device  # the batch follows the model (cpu, or cuda on a GPU machine)
     model.train()
     if denoiser_only:  # the K=0 pass stays exactly as it is: no gradient, no batch-norm statistics
         for part in (model.encoder, model.neck, model.aux_head, model.heads):
             part.eval()
-    imgs = torch.from_numpy(batch.images)
-    masks = torch.from_numpy(batch.masks)
-    valid_past = torch.from_numpy(batch.valid)
+    imgs = torch.from_numpy(batch.images).to(dev)
+    masks = torch.from_numpy(batch.masks).to(dev)
+    valid_past = torch.from_numpy(batch.valid).to(dev)
     b, t1, _, s, _ = imgs.shape
     past, slots = t1 - 1, model.cfg.memory_frames
     cur = imgs[:, -1].contiguous(memory_format=torch.channels_last)
     target = masks[:, -1]
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     # Past frames only fill the memory: encoded without gradients (stages 1-3 only), as at run time.
-    memory = torch.zeros(b, slots, model.cfg.neck_channels, s // 16, s // 16)
-    valid = torch.zeros(b, slots)
+    memory = torch.zeros(b, slots, model.cfg.neck_channels, s // 16, s // 16, device=dev)
+    valid = torch.zeros(b, slots, device=dev)
     if past and slots and model.cfg.temporal:
         with torch.no_grad(), amp:
             pf = imgs[:, :past].reshape(b * past, 3, s, s).contiguous(memory_format=torch.channels_last)
@@ -93,10 +95,10 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         hardness.update(batch.indices, sample_hardness(aux_full, target))
     if diffusion:
         losses["mask"] = seg_loss(up(out["logits"]), target)
-    presence = torch.from_numpy(batch.presence)
+    presence = torch.from_numpy(batch.presence).to(dev)
     if heads:
         losses["presence"] = F.binary_cross_entropy_with_logits(out["presence_logit"].float(), presence)
-        losses["box"] = box_l1(out["box"], torch.from_numpy(batch.box), presence)
+        losses["box"] = box_l1(out["box"], torch.from_numpy(batch.box).to(dev), presence)
 
     has_past = valid.amax(1) > 0
     fake = real = None
@@ -129,15 +131,15 @@ def _noisy_mask(masks: torch.Tensor, valid: torch.Tensor, sched: MaskScheduler, 
     """The denoiser's input: the current mask at stride 4 noised to a random timestep; for a share
     ``prev_mask_p`` of samples with a past frame, the PREVIOUS frame's mask instead, which is what
     a warm start feeds the denoiser in a stream. Returns (x_t, t)."""
-    b = masks.shape[0]
+    b, dev = masks.shape[0], masks.device
     small = F.avg_pool2d(masks[:, -1], 4)
     if masks.shape[1] > 1:
         prev_small = F.avg_pool2d(masks[:, -2], 4)
-        use_prev = (torch.rand(b, 1, 1, 1, generator=gen) < prev_mask_p) & (valid[:, -1].view(b, 1, 1, 1) > 0)
+        use_prev = (torch.rand(b, 1, 1, 1, generator=gen).to(dev) < prev_mask_p) & (valid[:, -1].view(b, 1, 1, 1) > 0)
         small = torch.where(use_prev, prev_small, small)
     x0 = sched.mask_to_signal(small)
-    t = torch.randint(0, sched.num_train_steps, (b,), generator=gen)
-    return sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t), t
+    t = torch.randint(0, sched.num_train_steps, (b,), generator=gen).to(dev)
+    return sched.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), t), t
 
 
 def _sampler_noisy_mask(model: PolypNet, cond: torch.Tensor, sched: MaskScheduler, second_step_p: float,
@@ -151,11 +153,12 @@ def _sampler_noisy_mask(model: PolypNet, cond: torch.Tensor, sched: MaskSchedule
     b, _, h, w = cond.shape
     steps = MaskScheduler(sched.num_train_steps, sched.scale)
     first, second = steps.set_timesteps(2)
-    noise = torch.randn((b, 1, h, w), generator=gen)
+    # Drawn on the CPU generator (the same stream on any device), then moved to the features' device.
+    noise = torch.randn((b, 1, h, w), generator=gen).to(cond.device)
     if zero_noise:
         noise = torch.zeros_like(noise)  # drawn anyway, so both arms of the control see the same stream
-    t = torch.full((b,), first, dtype=torch.long)
-    use_second = torch.rand(b, generator=gen) < second_step_p
+    t = torch.full((b,), first, dtype=torch.long, device=cond.device)
+    use_second = torch.rand(b, generator=gen).to(cond.device) < second_step_p
     if bool(use_second.any()):
         with torch.no_grad():
             x0_logits = model.denoise(cond.detach(), noise, t.float()).float()
@@ -218,6 +221,19 @@ def _lr_at(progress: float, step: int, base: float, warmup: int) -> float:
     return base * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def training_device(name: str) -> torch.device:
+    """``train.device`` -> a torch device, or a one-line error where it is not here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"train.device={name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"train.device={name}: cpu or cuda[:i]")
+    return device
+
+
 def run(cfg) -> int:
     tc = cfg.train
     torch.set_num_threads(int(tc.threads))
@@ -225,8 +241,10 @@ def run(cfg) -> int:
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     net_cfg = NetConfig.from_dict(dict(cfg.model))
-    model = PolypNet(net_cfg).to(memory_format=torch.channels_last)
-    disc = FrameDiscriminator() if (net_cfg.temporal and tc.adversarial) else None
+    device = training_device(str(tc.device))
+    # On the device before the optimizer, the moving average and any loading, so all of them live there.
+    model = PolypNet(net_cfg).to(device, memory_format=torch.channels_last)
+    disc = FrameDiscriminator().to(device) if (net_cfg.temporal and tc.adversarial) else None
     # A pretrained encoder learns at a fraction of the rest's rate (it starts from useful features;
     # the neck, heads and denoiser start from random ones).
     denoiser_only = str(tc.get("trainable", "all")) == "denoiser"
@@ -288,18 +306,22 @@ def run(cfg) -> int:
     # Multi-scale training (train.sizes): each batch is drawn at one of the sizes, so the fully
     # convolutional network serves any of them; validation and export use model.input_size.
     sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
-    samplers = {(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
-                                          negative_p=float(tc.negative_p), seed=int(tc.seed) + step + past + size,
-                                          look_p=float(tc.get("look_p", 0.0)), hardness=hardness,
-                                          corrupt_p=float(tc.corrupt_current_p))
-                for size in sizes for past in (0, int(tc.past_frames))}
+    # One set of samplers per loader thread (a sampler is not thread-safe); thread 0's seeds are the
+    # single-threaded loader's, so train.loader_threads=1 draws the same batches as before.
+    loaders = max(1, int(tc.loader_threads))
+    samplers = [{(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
+                                           negative_p=float(tc.negative_p),
+                                           seed=int(tc.seed) + step + past + size + 100_003 * w,
+                                           look_p=float(tc.get("look_p", 0.0)), hardness=hardness,
+                                           corrupt_p=float(tc.corrupt_current_p))
+                 for size in sizes for past in (0, int(tc.past_frames))} for w in range(loaders)]
     clip_p = float(tc.get("clip_p", 1.0))
     pick = np.random.default_rng(int(tc.seed) + step)
 
-    def next_batch() -> ClipBatch:
-        size = sizes[int(pick.integers(len(sizes)))]
+    def next_batch(worker: int) -> ClipBatch:
+        size = sizes[int(pick.integers(len(sizes)))]  # drawn in order of submission, on the main thread
         past = int(tc.past_frames) if pick.random() < clip_p else 0
-        return samplers[(size, past)].batch(int(tc.batch_size))
+        return prefetch.submit(samplers[worker][(size, past)].batch, int(tc.batch_size))
 
     # Checkpoint selection's second criterion: false alarms no worse than max_false_alarms or, when
     # continuing earlier weights, than those weights' own count on the same stream.
@@ -309,7 +331,8 @@ def run(cfg) -> int:
             alarm_limit = float(resumed.get("alarm_limit", alarm_limit))
         elif tc.get("init_weights"):
             a0 = false_alarms(model, splits.val, stretches=int(tc.alarm_stretches),
-                              negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads))
+                              negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads),
+                              device=str(device))
             alarm_limit = max(alarm_limit, a0["false_alarms_per_min"])
             print(f"initial weights: {a0}; checkpoints kept at <= {alarm_limit:.2f} false alarms/min")
     gen = torch.Generator().manual_seed(int(tc.seed) + step)
@@ -331,8 +354,10 @@ def run(cfg) -> int:
     last_val = last_ck = elapsed
     clock = StepClock()
     # Augmentation (OpenCV, releases the GIL) for the next batch overlaps this step's compute.
-    prefetch = ThreadPoolExecutor(max_workers=1)
-    pending = prefetch.submit(next_batch)
+    # Several threads feed a GPU; batch i comes from sampler set i % loaders, and a set's next batch is
+    # only asked for once its last one was taken, so no set is ever used by two threads at once.
+    prefetch = ThreadPoolExecutor(max_workers=loaders)
+    pending = deque((w, next_batch(w)) for w in range(loaders))
     bar = (tqdm(total=budget_steps, initial=step, unit="step", desc="train", mininterval=5) if budget_steps > 0
            else tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="train", mininterval=5))
     while progress() < 1.0:
@@ -340,8 +365,9 @@ def run(cfg) -> int:
         lr = _lr_at(progress(), step, float(tc.lr), int(tc.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr * g.get("scale", 1.0)
-        batch = pending.result()
-        pending = prefetch.submit(next_batch)
+        worker, job = pending.popleft()
+        batch = job.result()
+        pending.append((worker, next_batch(worker)))
         losses = train_step(model, disc, opt, opt_d, batch, sched, weights=dict(tc.loss_weights),
                             prev_mask_p=float(tc.prev_mask_p), heads=bool(tc.heads),
                             diffusion=bool(tc.diffusion), bf16=bool(tc.bf16), gen=gen,
@@ -362,12 +388,15 @@ def run(cfg) -> int:
         if due or done:
             last_val = elapsed
             kept = ema.module if ema is not None else model
-            v = validate(kept, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
+            v = validate(kept, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads),
+                         device=str(device))
             if int(tc.val_steps) != 0:  # the K=0 figure of the same weights, the ship rule's baseline
-                v["k0_mean_dice"] = validate(kept, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
+                v["k0_mean_dice"] = validate(kept, val_items, steps=0, threads=int(tc.threads),
+                                             device=str(device))["mean_dice"]
             if int(tc.alarm_stretches) > 0:
                 v.update(false_alarms(kept, splits.val, stretches=int(tc.alarm_stretches),
-                                      negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads)))
+                                      negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads),
+                                      device=str(device)))
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
             bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
             alarms_ok = v.get("false_alarms_per_min", 0.0) <= alarm_limit
