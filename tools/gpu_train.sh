@@ -4,7 +4,7 @@
 #
 #   tools/gpu_train.sh prepare                 # here, once: .pack/data (about 21 MiB) and .whl/ (about 6 MiB)
 #   tools/gpu_train.sh run [train overrides]   # there: `device run` with carry [".pack", ".whl"], e.g.
-#       command: "tools/gpu_train.sh run train.budget_minutes=6"   timeout_s: 600
+#       command: "tools/gpu_train.sh run"   timeout_s: 600   (5 minutes of step time, validations beside)
 #
 # `run` trains from the shipped weights by default (run I's recipe, the sixth generation's) on
 # train.device=cuda with several loader threads, validates on the packed split, and leaves
@@ -55,7 +55,7 @@ run)
   "$PY" -m endostream.cli train train.out="$OUT_DIR/run" data.root="$DATA" data.cache_size=416 \
     train.device="$DEVICE" train.threads=4 train.loader_threads=12 train.init_weights=weights/polyp.pt \
     model.input_size=320 'train.sizes=[288,320,352]' train.lr=0.0004 train.warmup_steps=30 \
-    train.budget_minutes=6 train.val_every_minutes=1.5 train.ckpt_every_minutes=1 train.negative_p=0.2 \
+    train.budget_minutes=5 train.val_every_minutes=1.5 train.ckpt_every_minutes=1 train.negative_p=0.2 \
     train.mask_loss=structure train.bf16=true "$@" 2>&1 | tr '\r' '\n' | grep -v '^train: ' | tee "$OUT_DIR/train.log"
   rc=${PIPESTATUS[0]}
   for f in best.pt best.json log.csv; do [ -f "$OUT_DIR/run/$f" ] && cp "$OUT_DIR/run/$f" "$OUT_DIR/$f"; done
