@@ -171,8 +171,9 @@ def _sampler_noisy_mask(model: PolypNet, cond: torch.Tensor, sched: MaskSchedule
 def init_from_weights(model: PolypNet, path: str | Path) -> dict:
     """Load an earlier run's weights into ``model`` strictly; returns their metadata.
 
-    Every layer is size-agnostic (convolutions, pooling, resizes), so only the input size may
-    differ: that is how a network trained at 256 is fine-tuned at 320."""
+    Every layer is size-agnostic (convolutions, pooling, resizes), so the input size may differ:
+    that is how a network trained at 256 is fine-tuned at 320. Refinement inputs may be added, the
+    encoder grown deeper (``grow_from``) or the denoiser resized (it starts afresh), one at a time."""
     init, meta = load_weights(path)
     free = {"input_size": 0, "refine_inputs": False, "encoder": "", "denoiser_hidden": 0, "denoiser_dilations": ()}
     if {**init.cfg.to_dict(), **free} != {**model.cfg.to_dict(), **free}:
