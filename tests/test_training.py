@@ -406,6 +406,13 @@ def test_several_loader_threads_draw_a_reproducible_stream(tmp_path):
     assert runs["a"] == runs["b"] and len(runs["a"]) == 4
     assert runs["a"][0] == runs["one"][0]  # batch 0 comes from thread 0, seeded as the single loader
     assert runs["a"][1:] != runs["one"][1:]
+    # With the rate at 0, no noise input and single frames, a step's loss is a function of its batch
+    # alone (batch norm normalises by the batch): two threads must not draw the same batches.
+    still = common + ["train.lr=0", "train.diffusion=false", "train.clip_p=0", "train.budget_steps=2",
+                      f"train.out={tmp_path / 'still'}", "train.loader_threads=2"]
+    assert run(compose("train", still)) == 0
+    first, second = _losses(tmp_path / "still")
+    assert first != second
 
 
 def test_a_device_that_is_not_here_is_one_clear_error():
