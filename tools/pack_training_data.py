@@ -25,26 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from endostream.inference.preprocess import find_fov  # noqa: E402
-from endostream.training.dataset import clinicdb_rows, file_for, image_files, read_mask  # noqa: E402
+from endostream.training.dataset import clinicdb_rows, file_for, image_files, load_square  # noqa: E402
 
 NEGATIVES = Path("laparoscopy/cholec-instance-seg-sample/images")
-
-
-def square(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The image cropped to its field of view and resized to size x size; the crop box."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit(f"pack: cannot read image {path}")
-    box = find_fov(img)
-    x0, y0, x1, y1 = box
-    return cv2.resize(img[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA), box
-
-
-def mask_square(path: Path, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    x0, y0, x1, y1 = box
-    m = read_mask(path)[y0:y1, x0:x1]
-    return ((cv2.resize(m * 255, (size, size), interpolation=cv2.INTER_LINEAR) > 127) * 255).astype(np.uint8)
 
 
 def write(path: Path, img: np.ndarray, params: list[int] | None = None) -> int:
@@ -61,16 +44,15 @@ def pack(data: Path, out: Path, size: int = 416, quality: int = 80) -> dict[str,
     webp = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
     count = total = 0
     for ip in image_files(data / "kvasir-seg/images"):
-        img, box = square(ip, size)
+        img, m = load_square(ip, file_for(data / "kvasir-seg/masks", ip.stem), size)
         total += write(out / "kvasir-seg/images" / f"{ip.stem}.webp", img, webp)
-        total += write(out / "kvasir-seg/masks" / f"{ip.stem}.png",
-                       mask_square(file_for(data / "kvasir-seg/masks", ip.stem), box, size))
+        total += write(out / "kvasir-seg/masks" / f"{ip.stem}.png", m * 255)
         count += 1
     rows = []
     for fid, seq, ip, mp in clinicdb_rows(data / "cvc-clinicdb"):
-        img, box = square(ip, size)
+        img, m = load_square(ip, mp, size)
         total += write(out / "cvc-clinicdb/images" / f"{fid}.webp", img, webp)
-        total += write(out / "cvc-clinicdb/masks" / f"{fid}.png", mask_square(mp, box, size))
+        total += write(out / "cvc-clinicdb/masks" / f"{fid}.png", m * 255)
         rows.append({"frame_id": fid, "sequence_id": seq, "image": f"images/{fid}.webp", "mask": f"masks/{fid}.png"})
         count += 1
     (out / "cvc-clinicdb").mkdir(parents=True, exist_ok=True)
@@ -79,7 +61,7 @@ def pack(data: Path, out: Path, size: int = 416, quality: int = 80) -> dict[str,
         w.writeheader()
         w.writerows(rows)
     for ip in image_files(data / NEGATIVES):
-        img, _ = square(ip, size)
+        img, _ = load_square(ip, None, size)
         total += write(out / NEGATIVES / f"{ip.stem}.webp", img, webp)
         count += 1
     (out / "README.md").write_text(

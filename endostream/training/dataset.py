@@ -64,7 +64,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     return (m > 127).astype(np.uint8)
 
 
-def _load(image_path: Path, mask_path: Path | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+def load_square(image_path: Path, mask_path: Path | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image cropped to its field of view and resized to size x size (BGR uint8), and its mask
+    cropped and resized alike ({0,1}; zeros without ``mask_path``)."""
     img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if img is None:
         raise FileNotFoundError(f"cannot read image {image_path}")
@@ -96,13 +98,13 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val
         if val_only and i not in val_ids:
             continue
         ip, mp = file_for(kv / "images", i), file_for(kv / "masks", i)
-        img, m = _load(ip, mp, cache_size)
+        img, m = load_square(ip, mp, cache_size)
         s = Sample(i, "kvasir", img, m, original_path=str(ip), mask_path=str(mp))
         (splits.val if i in val_ids else splits.train).append(s)
     for fid, seq, ip, mp in clinicdb_rows(root / "cvc-clinicdb"):
         if val_only and seq not in VAL_CLINIC_SEQUENCES:
             continue
-        img, m = _load(ip, mp, cache_size)
+        img, m = load_square(ip, mp, cache_size)
         s = Sample(f"clinicdb_{fid}", "clinicdb", img, m, sequence=seq, original_path=str(ip), mask_path=str(mp))
         (splits.val if seq in VAL_CLINIC_SEQUENCES else splits.train).append(s)
     # Laparoscopic frames: real endoscopy without polyps, negatives for the presence head.
@@ -111,6 +113,6 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val
         return splits
     lap = root / "laparoscopy" / "cholec-instance-seg-sample"
     for p in image_files(lap / "images"):
-        img, m = _load(p, None, cache_size)
+        img, m = load_square(p, None, cache_size)
         splits.negatives.append(Sample(p.stem, "negative", img, m, original_path=str(p)))
     return splits

@@ -309,7 +309,7 @@ def run(cfg) -> int:
     sizes = [int(s) for s in (tc.get("sizes") or [net_cfg.input_size])]
     # One set of samplers per loader thread (a sampler is not thread-safe); thread 0's seeds are the
     # single-threaded loader's, so train.loader_threads=1 draws the same batches as before.
-    loaders = max(1, int(tc.loader_threads))
+    loaders = int(tc.loader_threads)
     samplers = [{(size, past): ClipSampler(splits.train, splits.negatives, size=size, past=past,
                                            negative_p=float(tc.negative_p),
                                            seed=int(tc.seed) + step + past + size + 100_003 * w,
@@ -332,8 +332,7 @@ def run(cfg) -> int:
             alarm_limit = float(resumed.get("alarm_limit", alarm_limit))
         elif tc.get("init_weights"):
             a0 = false_alarms(model, splits.val, stretches=int(tc.alarm_stretches),
-                              negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads),
-                              device=str(device))
+                              negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads))
             alarm_limit = max(alarm_limit, a0["false_alarms_per_min"])
             print(f"initial weights: {a0}; checkpoints kept at <= {alarm_limit:.2f} false alarms/min")
     gen = torch.Generator().manual_seed(int(tc.seed) + step)
@@ -389,15 +388,12 @@ def run(cfg) -> int:
         if due or done:
             last_val = elapsed
             kept = ema.module if ema is not None else model
-            v = validate(kept, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads),
-                         device=str(device))
+            v = validate(kept, val_items, steps=int(tc.val_steps), warm_start=False, threads=int(tc.threads))
             if int(tc.val_steps) != 0:  # the K=0 figure of the same weights, the ship rule's baseline
-                v["k0_mean_dice"] = validate(kept, val_items, steps=0, threads=int(tc.threads),
-                                             device=str(device))["mean_dice"]
+                v["k0_mean_dice"] = validate(kept, val_items, steps=0, threads=int(tc.threads))["mean_dice"]
             if int(tc.alarm_stretches) > 0:
                 v.update(false_alarms(kept, splits.val, stretches=int(tc.alarm_stretches),
-                                      negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads),
-                                      device=str(device)))
+                                      negative_frames=int(tc.alarm_negative_frames), threads=int(tc.threads)))
             row_val = [f"{v.get('kvasir_dice', 0):.4f}", f"{v.get('clinicdb_dice', 0):.4f}", f"{v['mean_dice']:.4f}"]
             bar.write(f"step {step} {elapsed / 60:.1f} min: val {v}")
             alarms_ok = v.get("false_alarms_per_min", 0.0) <= alarm_limit

@@ -43,12 +43,16 @@ def stream_items(seg: Segmenter, items: list[EvalItem]) -> Iterator[tuple[EvalIt
         yield it, seg.segment(it.image)
 
 
+def _device_of(model) -> str:
+    """Where the model is (cpu, or cuda while training on a GPU): the backend must not move it."""
+    return str(next(model.parameters()).device)
+
+
 def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool = True,
-             use_temporal: bool = True, threads: int = 2, device: str = "cpu") -> dict[str, float]:
-    """Mean Dice per group (stills independent, sequences streamed in order) and their mean.
-    ``device``: where the model already is (the backend would otherwise move it)."""
+             use_temporal: bool = True, threads: int = 2) -> dict[str, float]:
+    """Mean Dice per group (stills independent, sequences streamed in order) and their mean."""
     was_training = model.training
-    seg = Segmenter(TorchBackend(model, device=device, threads=threads), steps=steps, warm_start=warm_start,
+    seg = Segmenter(TorchBackend(model, device=_device_of(model), threads=threads), steps=steps, warm_start=warm_start,
                     use_temporal=use_temporal, presence_threshold=0.0)
     scores: dict[str, list[float]] = {}
     for it, pred in stream_items(seg, items):
@@ -60,11 +64,11 @@ def validate(model, items: list[EvalItem], *, steps: int = 2, warm_start: bool =
 
 
 def false_alarms(model, val: list[Sample], *, stretches: int, negative_frames: int, threads: int = 2,
-                 seed: int = 0, device: str = "cpu") -> dict[str, float]:
+                 seed: int = 0) -> dict[str, float]:
     """False alarms per polyp-free minute with the live persistence filter, K=0, temporal memory on,
     on the same synthesised stream every time (seeded): checkpoint selection's second criterion."""
     was_training = model.training
-    seg = Segmenter(TorchBackend(model, device=device, threads=threads), steps=0, warm_start=False, use_temporal=True,
+    seg = Segmenter(TorchBackend(model, device=_device_of(model), threads=threads), steps=0, warm_start=False, use_temporal=True,
                     presence_threshold=0.0)  # the shipped presence gate (>= 0.9) is applied in the replay
     rng = np.random.default_rng(seed)
     decisions = record_decisions(seg, build_stream(choose_stretches(val, stretches, rng), rng, 25, negative_frames))
