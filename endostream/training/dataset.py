@@ -4,7 +4,8 @@ Kvasir-SEG stills and CVC-ClinicDB sequences from ``../shared/data``. Every imag
 its field of view with the same ``find_fov`` the live path uses, then resized to a square
 cache size a little larger than the network input (augmentation crops from it).
 Validation: 90 Kvasir images (seeded) and whole ClinicDB sequences, so no patient's sequence
-sits on both sides of the split.
+sits on both sides of the split. A held-out source (``holdout``) is the cross-source check: none of
+its images is trained on and all of them validate, as another hospital's camera would.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ VAL_KVASIR_COUNT = 90
 # The datasets ship JPEG (Kvasir) and PNG (ClinicDB, laparoscopy); a pack for a GPU machine
 # (tools/pack_training_data.py) holds WebP. A stem's file is found whatever its suffix.
 IMAGE_SUFFIXES = (".jpg", ".png", ".webp")
+SOURCES = ("kvasir", "clinicdb")  # the polyp sources; either can be held out whole
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -86,14 +88,21 @@ def clinicdb_rows(root: Path) -> list[tuple[int, int, Path, Path]]:
     return sorted(rows)
 
 
-def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val_only: bool = False) -> Splits:
+def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val_only: bool = False,
+                holdout: str | None = None) -> Splits:
+    """Training and validation samples; ``holdout`` (one of SOURCES) moves that whole source to
+    validation, so its Dice is a cross-source figure."""
     root = Path(data_root)
     if not (root / "kvasir-seg").is_dir():
         raise FileNotFoundError(f"no kvasir-seg under {root}: pass data.root=<path to shared/data>")
+    if holdout is not None and holdout not in SOURCES:
+        raise ValueError(f"data.holdout={holdout!r}: one of {', '.join(SOURCES)}, or null")
     splits = Splits()
     kv = root / "kvasir-seg"
     ids = sorted(p.stem for p in image_files(kv / "images"))
     val_ids = set(np.random.default_rng(seed).permutation(ids)[:VAL_KVASIR_COUNT].tolist())
+    if holdout == "kvasir":
+        val_ids = set(ids)
     for i in ids:
         if val_only and i not in val_ids:
             continue
@@ -102,11 +111,12 @@ def load_splits(data_root: str | Path, cache_size: int = 320, seed: int = 0, val
         s = Sample(i, "kvasir", img, m, original_path=str(ip), mask_path=str(mp))
         (splits.val if i in val_ids else splits.train).append(s)
     for fid, seq, ip, mp in clinicdb_rows(root / "cvc-clinicdb"):
-        if val_only and seq not in VAL_CLINIC_SEQUENCES:
+        validates = holdout == "clinicdb" or seq in VAL_CLINIC_SEQUENCES
+        if val_only and not validates:
             continue
         img, m = load_square(ip, mp, cache_size)
         s = Sample(f"clinicdb_{fid}", "clinicdb", img, m, sequence=seq, original_path=str(ip), mask_path=str(mp))
-        (splits.val if seq in VAL_CLINIC_SEQUENCES else splits.train).append(s)
+        (splits.val if validates else splits.train).append(s)
     # Laparoscopic frames: real endoscopy without polyps, negatives for the presence head.
     # (The EndoVis clip is kept out: the laparoscopy demo streams it.)
     if val_only:

@@ -117,7 +117,7 @@ def _run(cfg, stop: StopRequest) -> int:
         from endostream.training.dataset import load_splits
         from endostream.training.validate import load_eval_items
 
-        items = load_eval_items(load_splits(cfg.data.root, val_only=True).val)
+        items = load_eval_items(load_splits(cfg.data.root, val_only=True, holdout=cfg.data.holdout).val)
     result = {"config": {k: seg.info.get(k) for k in ("backend", "steps", "warm_start", "input_size",
                                                          "weights_sha256", "trained")},
               "use_temporal": bool(cfg.model.use_temporal),
