@@ -201,9 +201,13 @@ class DemoConfig(Schema):
                     "to the display path and the producer")
 
 
+# The polyp datasets a cross-source check can hold out (endostream/training/dataset.py SOURCES).
+PolypSource = Literal['kvasir', 'clinicdb']
+
+
 class EvalConfigData(Schema):
     root: Text = Field('../shared/data')
-    holdout: Optional[Literal['kvasir', 'clinicdb']] = Field(None,
+    holdout: Optional[PolypSource] = Field(None,
         description="score all of this source instead of its validation part (weights trained with the same "
                     "data.holdout: the cross-source figure)")
 
@@ -266,7 +270,7 @@ class TrainConfigData(Schema):
     root: Text = Field('../shared/data')
     cache_size: int = Field(320, description="cached square size; augmentation crops the input size from it")
     split_seed: int = Field(0, description="which 90 Kvasir images validate; eval and the model card use 0")
-    holdout: Optional[Literal['kvasir', 'clinicdb']] = Field(None,
+    holdout: Optional[PolypSource] = Field(None,
         description="the cross-source check: train on none of this source, validate on all of it (logged as "
                     "cross_dice, left out of the mean that selects checkpoints)")
 
