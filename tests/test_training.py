@@ -101,7 +101,7 @@ def test_plain_recipe_trains_the_decoder_pass_and_leaves_the_denoiser_alone():
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     batch = ClipSampler(_samples(), [], size=64, past=0, negative_p=0.0, seed=2).batch(4)
     first = train_step(net, None, opt, None, batch, MaskScheduler(), heads=False, diffusion=False, bf16=False)
-    assert set(first) == {"aux", "total"}
+    assert set(first) == {"aux", "total", "skipped"} and first["skipped"] == 0.0
     for _ in range(7):
         last = train_step(net, None, opt, None, batch, MaskScheduler(), heads=False, diffusion=False, bf16=False)
     assert last["aux"] < first["aux"]

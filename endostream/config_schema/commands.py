@@ -366,6 +366,10 @@ class TrainConfigTrain(Schema):
         description="share of clips with a past frame whose current frame is ruined (motion blur, flash, "
                     "bubbles: training/corruptions.py) under a clean memory, so the temporal module learns to "
                     "carry the mask through; 0 = off")
+    coarse_error_p: float = Field(0.0,
+        description="share of samples whose K=0 mask, as the diffusion step's refinement input, carries one "
+                    "error (outline off, part missed, false component, unsure: training/coarse_errors.py), so "
+                    "the step learns to check it; needs model.refine_inputs; 0 = off")
     ckpt_every_minutes: float = Field(2)
     threads: int = Field(2)
     device: Text = Field('cpu', description="cpu | cuda[:i] (a GPU machine: tools/gpu_train.sh)")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -109,12 +110,16 @@ class PolypNet(nn.Module):
         """Memory features of a past frame, computing only encoder stages 1-3."""
         return self.neck.memory_feature(self.encoder.forward_to_c4(image)[2])
 
-    def encode_frame(self, image: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_frame(self, image: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor,
+                     coarse_errors: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``coarse_errors`` (training only) changes the K=0 mask the step is conditioned on, not the
+        K=0 output itself (training/coarse_errors.py)."""
         feats = self.encoder(image)
         feat, memory_out = self.neck(feats, memory, valid)
         presence_logit, box = self.heads(feats[3])
         aux_logits = self.aux_head(feat)
-        return {"feat": self.denoiser.condition(feat, aux_logits, image), "aux_logits": aux_logits,
+        coarse = aux_logits if coarse_errors is None else coarse_errors(aux_logits)
+        return {"feat": self.denoiser.condition(feat, coarse, image), "aux_logits": aux_logits,
                 "presence_logit": presence_logit, "box": box, "memory_out": memory_out}
 
     def denoise(self, feat: torch.Tensor, noisy_mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

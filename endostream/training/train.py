@@ -26,6 +26,7 @@ from endostream.model.io import load_weights, save_weights
 from endostream.model.network import NetConfig, PolypNet
 from endostream.model.scheduler import MaskScheduler
 from endostream.training.clips import ClipBatch, ClipSampler
+from endostream.training.coarse_errors import degrade_coarse
 from endostream.training.dataset import Splits, load_splits
 from endostream.training.grow import grow_from
 from endostream.training.hard_examples import HardnessTable, sample_hardness
@@ -37,20 +38,27 @@ from endostream.training.validate import false_alarms, load_eval_items, validate
 DEFAULT_WEIGHTS = {"aux": 0.5, "presence": 0.3, "box": 1.0, "predict": 0.5, "adv": 0.01}
 
 
+# Consecutive steps with non-finite gradients after which training stops with an error (each is skipped).
+MAX_SKIPPED_STEPS = 10
+
+
 def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer | None, batch: ClipBatch, sched: MaskScheduler, *,
                weights: dict[str, float] | None = None, prev_mask_p: float = 0.3, heads: bool = True,
                diffusion: bool = True, bf16: bool = True, gen: torch.Generator | None = None,
                timesteps: str = "uniform", second_step_p: float = 0.4,
                denoiser_only: bool = False, zero_noise: bool = False,
-               mask_loss: str = "dice_bce", hardness: HardnessTable | None = None) -> dict[str, float]:
+               mask_loss: str = "dice_bce", hardness: HardnessTable | None = None,
+               coarse_error_p: float = 0.0) -> dict[str, float]:
     """One optimisation step on a clip batch; returns the loss terms as floats.
 
     ``diffusion=False`` trains no denoiser (no noisy-mask pass, no ``mask`` loss): only the plain
     decoder pass, as in the issue's discriminative baseline recipe. ``timesteps="sampler"`` trains
     the denoiser only where the K<=2 sampler runs it (``_sampler_noisy_mask``); "uniform" noises the
     ground truth at any timestep (the first four generations). ``mask_loss`` names the loss of both
-    mask outputs (``MASK_LOSSES``). ``hardness`` receives each sample's K=0 error (hard-example mining)."""
+    mask outputs (``MASK_LOSSES``). ``hardness`` receives each sample's K=0 error (hard-example mining).
+    ``coarse_error_p``: share of samples whose K=0 mask, as the step's refinement input, carries one
+    error (training/coarse_errors.py)."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     seg_loss = MASK_LOSSES[mask_loss]
     dev = next(model.parameters()).device  # the batch follows the model (cpu, or cuda on a GPU machine)
@@ -78,8 +86,10 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
         memory[:, slots - k:] = feats[:, past - k:]
         valid[:, slots - k:] = valid_past[:, past - k:]
 
+    errors = ((lambda z: degrade_coarse(z, coarse_error_p, gen if gen is not None else torch.default_generator))
+              if coarse_error_p > 0 and model.cfg.refine_inputs else None)
     with amp:
-        out = model.encode_frame(cur, memory, valid)
+        out = model.encode_frame(cur, memory, valid, coarse_errors=errors)
     if diffusion and timesteps == "sampler":
         with amp:  # the sampler's no-grad first step runs the denoiser on the same (bf16) features
             x_t, t = _sampler_noisy_mask(model, out["feat"], sched, second_step_p, gen, zero_noise=zero_noise)
@@ -113,10 +123,15 @@ def train_step(model: PolypNet, disc: FrameDiscriminator | None, opt: torch.opti
     total = sum(w.get(k, 1.0) * v for k, v in losses.items())
     opt.zero_grad(set_to_none=True)
     total.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-    opt.step()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    # A non-finite gradient would turn every weight into NaN at once (seen with bf16 autocast on an
+    # AMD CPU with avx512_bf16): such a step is skipped and counted, never applied.
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        opt.step()
     result = {k: float(v.detach()) for k, v in losses.items()}
     result["total"] = float(total.detach())
+    result["skipped"] = 0.0 if finite else 1.0
     if disc is not None and opt_d is not None and fake is not None:
         loss_d = discriminator_loss(disc, real, fake)
         opt_d.zero_grad(set_to_none=True)
@@ -260,6 +275,10 @@ def run(cfg) -> int:
     disc = FrameDiscriminator().to(device) if (net_cfg.temporal and tc.adversarial) else None
     # A pretrained encoder learns at a fraction of the rest's rate (it starts from useful features;
     # the neck, heads and denoiser start from random ones).
+    coarse_error_p = float(tc.coarse_error_p)
+    if not 0.0 <= coarse_error_p <= 1.0 or (coarse_error_p > 0 and not net_cfg.refine_inputs):
+        raise ValueError(f"train.coarse_error_p={coarse_error_p}: needs a share within [0, 1] and "
+                         "model.refine_inputs=true (the step's coarse-mask input it changes)")
     denoiser_only = str(tc.get("trainable", "all")) == "denoiser"
     if denoiser_only:  # fine-tune the diffusion step alone; K=0's output cannot move
         for name, q in model.named_parameters():
@@ -367,6 +386,7 @@ def run(cfg) -> int:
                          "imgs_per_s", "val_kvasir", "val_clinicdb", "val_mean"])
     last_val = last_ck = elapsed
     clock = StepClock()
+    skipped_in_row = 0
     # Augmentation (OpenCV, releases the GIL) for the next batch overlaps this step's compute.
     # Several threads feed a GPU; batch i comes from sampler set i % loaders, and a set's next batch is
     # only asked for once its last one was taken, so no set is ever used by two threads at once.
@@ -388,7 +408,12 @@ def run(cfg) -> int:
                             timesteps=str(tc.get("timesteps", "uniform")),
                             second_step_p=float(tc.get("second_step_p", 0.4)), denoiser_only=denoiser_only,
                             zero_noise=str(tc.denoiser_input) == "zeros", mask_loss=str(tc.mask_loss),
-                            hardness=hardness)
+                            hardness=hardness, coarse_error_p=coarse_error_p)
+        skipped_in_row = skipped_in_row + 1 if losses["skipped"] else 0
+        if skipped_in_row >= MAX_SKIPPED_STEPS:
+            raise RuntimeError(f"train: {skipped_in_row} steps in a row with non-finite gradients at step {step}; "
+                               f"nothing was applied (last.pt holds the last good state)"
+                               + ("; train.bf16=true: try train.bf16=false on this CPU" if tc.bf16 else ""))
         if ema is not None:
             ema.update_parameters(model)
         dt = clock.count(time.time() - ts)  # a step stopped from outside counts as a slow step, not the stop
