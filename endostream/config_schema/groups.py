@@ -206,6 +206,7 @@ class DiffusionModel(Schema):
     max_batch: Positive
     backend_options: dict[str, Any]
     tta: list[Literal["h", "v"]]
+    tta_sizes: list[Positive]
     process: bool
 
 

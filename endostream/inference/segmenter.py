@@ -229,13 +229,15 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
                    threads: int = 2, device: str = "cpu", presence_threshold: float = 0.5,
                    mask_threshold: float = 0.5, use_temporal: bool = True, fov: bool = True,
                    uncertainty_samples: int = 0, max_batch: int = 1,
-                   backend_options: dict[str, Any] | None = None, tta: Sequence[str] = (), kind: str = "diffusion",
+                   backend_options: dict[str, Any] | None = None, tta: Sequence[str] = (),
+                   tta_sizes: Sequence[int] = (), kind: str = "diffusion",
                    graph: dict[str, Any] | None = None, process: bool = False) -> Any:
     """Build a Segmenter from shipped weights with the named backend (``auto`` picks the fastest
     available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU). ``backend_options``
     go to the backend (torch/tensorrt ``precision``, ``cuda_graphs``, ``compile`` ...); the
     backend is sized for batches up to ``max_batch`` unless they name their own. ``tta`` (offline
-    quality: ``["h", "v"]``) also segments mirrored copies and averages them (flip_tta.py).
+    quality: ``["h", "v"]``) also segments mirrored copies, ``tta_sizes`` (``[288, 352]``) the frame
+    at other input sizes, and averages them all (tta.py).
 
     ``kind``: ``diffusion`` (the shipped model) or ``onnx``: a single-pass graph described by
     ``graph`` (configs/model/onnx.yaml), run by ``inference.single_pass`` behind the same
@@ -270,17 +272,24 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
             options.setdefault("spin", True)
         if backend in ("auto", "onnxruntime", "openvino"):
             options.setdefault("feat", False)
-    be = create_backend(backend, path, threads=threads, device=device, **options)
+    def build(file: Path) -> Segmenter:
+        be = create_backend(backend, file, threads=threads, device=device, **options)
+        return Segmenter(be, steps=steps, warm_start=warm_start, warm_start_t=warm_start_t, warm_steps=warm_steps,
+                         presence_threshold=presence_threshold, mask_threshold=mask_threshold,
+                         use_temporal=use_temporal, fov=fov, uncertainty_samples=uncertainty_samples,
+                         max_batch=max_batch)
+
+    seg = build(path)
     side = read_weights_info(path)  # after the backend: a first use may have just written it
     meta = side.get("meta", {})
-    info = {"weights": str(path), "weights_sha256": file_sha256(path),
-            "trained": bool(meta.get("trained", False))}
-    seg = Segmenter(be, steps=steps, warm_start=warm_start, warm_start_t=warm_start_t, warm_steps=warm_steps,
-                    presence_threshold=presence_threshold, mask_threshold=mask_threshold,
-                    use_temporal=use_temporal, fov=fov, uncertainty_samples=uncertainty_samples,
-                    max_batch=max_batch, info=info)
-    if tta:
-        from endostream.inference.flip_tta import FlipTTASegmenter
+    seg.info.update({"weights": str(path), "weights_sha256": file_sha256(path),
+                     "trained": bool(meta.get("trained", False))})
+    if tta or tta_sizes:
+        from endostream.inference.tta import ResizedWeights, TTASegmenter, check_tta
 
-        return FlipTTASegmenter(seg, list(tta))  # type: ignore[return-value]  # same surface
+        check_tta(list(tta), list(tta_sizes), seg.input_size)  # before any export at another size
+        resized = ResizedWeights(path)
+        wrapped = TTASegmenter(seg, list(tta), [int(s) for s in tta_sizes], lambda n: build(resized.at(n)))
+        wrapped.resized = resized  # the folder of the other sizes' graphs lives as long as the segmenter
+        return wrapped  # same surface
     return seg

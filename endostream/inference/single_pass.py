@@ -30,7 +30,8 @@ HUD_NOTE = "single-pass model: no temporal memory, presence gate or boxes"
 # Keys of the shipped model's config a single-pass model has no use for: ignored, so one
 # ``model.*`` block (the modality's, with bench/consume overrides) can name either kind.
 DIFFUSION_ONLY = frozenset({"weights", "steps", "warm_start", "warm_start_t", "warm_steps", "presence_threshold",
-                            "mask_threshold", "use_temporal", "uncertainty_samples", "tta"})
+                            "mask_threshold", "use_temporal", "uncertainty_samples", "tta",
+                            "tta_sizes"})
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
