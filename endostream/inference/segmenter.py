@@ -268,7 +268,8 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
     if int(steps) == 0 and int(uncertainty_samples) < 2:
         # Only the encode graph runs: its threads may spin (ort_backend.session_options), and its
         # ``feat`` output, the denoiser's input, is never computed (onnx_passes.drop_outputs).
-        if backend in ("auto", "onnxruntime"):
+        # Several sessions (tta_sizes) must not spin: their idle threads would starve each other.
+        if backend in ("auto", "onnxruntime") and not tta_sizes:
             options.setdefault("spin", True)
         if backend in ("auto", "onnxruntime", "openvino"):
             options.setdefault("feat", False)

@@ -119,7 +119,7 @@ def _run(cfg, stop: StopRequest) -> int:
 
         items = load_eval_items(load_splits(cfg.data.root, val_only=True, holdout=cfg.data.holdout).val)
     result = {"config": {k: seg.info.get(k) for k in ("backend", "steps", "warm_start", "input_size",
-                                                         "weights_sha256", "trained")},
+                                                         "weights_sha256", "trained", "tta", "tta_sizes")},
               "use_temporal": bool(cfg.model.use_temporal),
               **score_items(seg, items, should_stop=stop.is_set)}
     if stop.requested:  # between the last image and here
