@@ -76,3 +76,15 @@ def test_sessions_of_several_sizes_do_not_spin() -> None:
     assert spins(_seg([])) == "1"
     seg = _seg([], [352])
     assert [spins(s) for s in [seg.base] + [v for _, v in seg.views]] == ["0", "0"]
+
+
+@pytest.mark.parametrize("command", ["batch", "predict", "eval"])
+def test_the_offline_quality_preset_is_the_measured_setting(command: str) -> None:
+    """``+quality=offline`` names the setting the model card measured, and later overrides still win."""
+    from endostream.cli import compose
+
+    extra = ["input=x", "output=y"] if command in ("batch", "predict") else []
+    m = compose(command, ["+quality=offline", *extra]).model
+    assert (m.steps, list(m.tta), list(m.tta_sizes)) == (1, ["h", "v"], [288, 352])
+    assert compose(command, ["+quality=offline", "model.steps=0", *extra]).model.steps == 0
+    assert compose(command, extra).model.steps == 0  # the live default stays K=0 without it
