@@ -43,7 +43,9 @@ def test_a_command_file_starts_from_its_schema_and_repeats_none_of_it(command):
 
 
 def _group_files():
-    return sorted((p.parent.name, p.stem) for p in config_dir().glob("*/*.yaml") if p.parent.name != "recipe")
+    # recipe/ and quality/ are presets (@package _global_): they set keys of other groups, typed there
+    return sorted((p.parent.name, p.stem) for p in config_dir().glob("*/*.yaml")
+                  if p.parent.name not in ("recipe", "quality"))
 
 
 @pytest.mark.parametrize("group, option", _group_files())
