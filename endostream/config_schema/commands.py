@@ -376,7 +376,8 @@ class TrainConfigTrain(Schema):
     loader_threads: Annotated[int, annotated_types.Ge(1)] = Field(1, description="augmentation threads preparing batches ahead (a GPU needs several)")
     seed: int = Field(0)
     bf16: bool = Field(False,
-        description="no native bf16 on this CPU (no AVX512-BF16/AMX): it measured slower")
+        description="bf16 autocast: slower on a CPU without AVX512-BF16/AMX; on an AMD EPYC with avx512_bf16 it "
+                    "gave NaN gradients (such steps are skipped, ten in a row stop the run); used on AMX")
 
 
 class TrainConfig(Schema):
