@@ -286,10 +286,9 @@ def load_segmenter(weights: str = "weights/polyp.pt", backend: str = "auto", ste
     seg.info.update({"weights": str(path), "weights_sha256": file_sha256(path),
                      "trained": bool(meta.get("trained", False))})
     if tta or tta_sizes:
-        from endostream.inference.tta import ResizedWeights, TTASegmenter, check_tta
+        from endostream.inference.tta import ResizedWeights, TTASegmenter
 
-        check_tta(list(tta), list(tta_sizes), seg.input_size)  # before any export at another size
-        resized = ResizedWeights(path)
+        resized = ResizedWeights(path)  # TTASegmenter checks the sizes before building any of them
         wrapped = TTASegmenter(seg, list(tta), [int(s) for s in tta_sizes], lambda n: build(resized.at(n)))
         wrapped.resized = resized  # the folder of the other sizes' graphs lives as long as the segmenter
         return wrapped  # same surface
